@@ -1,0 +1,362 @@
+import secrets
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from customers.models import Customer, Order, Product
+
+
+def new_token() -> str:
+    """128 random bits, URL-safe: the only identifier a recipient's links carry."""
+    return secrets.token_urlsafe(16)
+
+
+class ModelVersion(models.Model):
+    """A trained recommender: its data window, parameters, offline metrics and artefact file."""
+
+    trained_at = models.DateTimeField(auto_now_add=True)
+    data_start = models.DateTimeField(null=True, blank=True)
+    data_end = models.DateTimeField(null=True, blank=True)
+    algorithm = models.CharField(max_length=100, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    artefact = models.CharField(max_length=500, help_text="joblib file, relative to MODEL_DIR")
+    is_active = models.BooleanField(default=False)
+    notes = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-trained_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"], condition=Q(is_active=True), name="one_active_model"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"model v{self.pk} ({self.algorithm}, {self.trained_at:%Y-%m-%d %H:%M})"
+
+
+class FrequencyPolicy(models.Model):
+    """How often one customer may be emailed. The default policy applies unless a campaign names another."""
+
+    name = models.CharField(max_length=100, unique=True)
+    is_default = models.BooleanField(default=False)
+    max_messages = models.PositiveIntegerField(default=2, validators=[MinValueValidator(1)])
+    window_days = models.PositiveIntegerField(default=7, validators=[MinValueValidator(1)])
+    min_gap_hours = models.PositiveIntegerField(default=24)
+    quiet_start = models.TimeField(
+        null=True, blank=True, help_text="Start of quiet hours, customer's local time"
+    )
+    quiet_end = models.TimeField(null=True, blank=True)
+    quiet_deadline_hours = models.PositiveIntegerField(
+        default=24,
+        help_text="A message held for quiet hours is skipped if it cannot go out within this time.",
+    )
+
+    class Meta:
+        verbose_name_plural = "frequency policies"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"], condition=Q(is_default=True), name="one_default_policy"
+            ),
+            models.CheckConstraint(
+                condition=Q(quiet_start__isnull=True, quiet_end__isnull=True)
+                | Q(quiet_start__isnull=False, quiet_end__isnull=False),
+                name="policy_quiet_hours_both_or_none",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}: ≤{self.max_messages} per {self.window_days} days"
+
+
+class Segment(models.Model):
+    """Rules (a JSON tree of conditions, AND/OR groups) compiled by campaigns.segments into one query."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    rules = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EmailTemplate(models.Model):
+    """Subject, HTML and plain-text Jinja sources, rendered in a sandbox on a shared layout."""
+
+    name = models.CharField(max_length=200, unique=True)
+    layout = models.CharField(max_length=100, default="email/base.html")
+    subject = models.CharField(max_length=500)
+    html = models.TextField()
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Campaign(models.Model):
+    class Kind(models.TextChoices):
+        ONE_OFF = "one_off", "One-off"
+        RECURRING = "recurring", "Recurring"
+        POST_PURCHASE = "post_purchase", "Post-purchase"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        SCHEDULED = "scheduled", "Scheduled"
+        SENDING = "sending", "Sending"
+        PAUSED = "paused", "Paused"
+        DONE = "done", "Done"
+        CANCELLED = "cancelled", "Cancelled"
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.ONE_OFF)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    segment = models.ForeignKey(
+        Segment, on_delete=models.PROTECT, null=True, blank=True, related_name="campaigns"
+    )
+    template = models.ForeignKey(EmailTemplate, on_delete=models.PROTECT, related_name="campaigns")
+    offers_per_email = models.PositiveSmallIntegerField(
+        default=3, validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
+    min_offer_score = models.FloatField(default=0.0)
+    allowed_categories = models.JSONField(default=list, blank=True, help_text="Empty: any category.")
+    holdout_percent = models.PositiveSmallIntegerField(default=10, validators=[MaxValueValidator(50)])
+    from_email = models.EmailField(blank=True, help_text="Empty: the site's default sender.")
+    utm_source = models.CharField(max_length=100, default="xsell")
+    utm_medium = models.CharField(max_length=100, default="email")
+    utm_campaign = models.CharField(max_length=100, blank=True)
+    frequency_policy = models.ForeignKey(
+        FrequencyPolicy,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        help_text="Empty: the default policy.",
+    )
+    # One-off: when to send (empty: now). Recurring: the beat schedule.
+    send_at = models.DateTimeField(null=True, blank=True)
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", on_delete=models.SET_NULL, null=True, blank=True
+    )
+    # Post-purchase triggers: an order matching these, delay_hours after it was placed.
+    delay_hours = models.PositiveIntegerField(default=24)
+    trigger_skus = models.JSONField(default=list, blank=True)
+    trigger_categories = models.JSONField(default=list, blank=True)
+    trigger_min_value = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    trigger_lookback_days = models.PositiveIntegerField(
+        default=3,
+        help_text="Orders older than this are never a trigger (a new campaign does not mail old buyers).",
+    )
+    is_simulated = models.BooleanField(default=False, help_text="Demo data: its events are simulated.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        permissions = [("send_campaign", "Can start, pause, resume and cancel sending")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(offers_per_email__gte=1, offers_per_email__lte=5), name="campaign_offers_1_to_5"
+            ),
+            models.CheckConstraint(
+                condition=Q(holdout_percent__gte=0, holdout_percent__lte=50), name="campaign_holdout_0_to_50"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CampaignRun(models.Model):
+    """One send of a campaign: 'once' for a one-off, the schedule slot for a recurring one.
+
+    Unique per (campaign, key), so two beat ticks for the same slot plan one run, not two.
+    """
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="runs")
+    key = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    planned_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    counts = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "key"], name="campaignrun_unique_key")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} / {self.key}"
+
+
+class Message(models.Model):
+    class Status(models.TextChoices):
+        PLANNED = "planned", "Planned"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        UNCERTAIN = "uncertain", "Uncertain (never resent)"
+        SKIPPED = "skipped", "Skipped"
+        HOLDOUT = "holdout", "Holdout (not sent)"
+
+    class SkipReason(models.TextChoices):
+        NONE = "", "—"
+        CAPPED = "capped", "Frequency cap"
+        SUPPRESSED = "suppressed", "Suppressed or no consent"
+        NO_OFFER = "no_offer", "No offer above the minimum score"
+        QUIET_HOURS = "quiet_hours", "Quiet hours deadline passed"
+        RENDER_ERROR = "render_error", "Template failed to render"
+        CANCELLED = "cancelled", "Campaign cancelled"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="messages")
+    run = models.ForeignKey(
+        CampaignRun, on_delete=models.CASCADE, null=True, blank=True, related_name="messages"
+    )
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="messages")
+    trigger_order = models.ForeignKey(
+        Order, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PLANNED, db_index=True)
+    skip_reason = models.CharField(max_length=16, choices=SkipReason.choices, blank=True, default="")
+    token = models.CharField(max_length=32, unique=True, default=new_token)
+    send_after = models.DateTimeField(
+        null=True, blank=True, help_text="Held until then (delay or quiet hours)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    message_id = models.CharField(max_length=255, blank=True)
+    error = models.TextField(blank=True)
+    is_simulated = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            # Exactly once: a retry, a duplicate task delivery or a second scheduler cannot plan a second
+            # message for the same customer and occasion.
+            models.UniqueConstraint(
+                fields=["campaign", "customer", "trigger_order"],
+                condition=Q(trigger_order__isnull=False),
+                name="message_once_per_trigger_order",
+            ),
+            models.UniqueConstraint(
+                fields=["campaign", "customer", "run"],
+                condition=Q(trigger_order__isnull=True),
+                name="message_once_per_run",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="skipped") | Q(skip_reason=""),
+                name="message_skip_reason_only_when_skipped",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="sent") | Q(sent_at__isnull=False), name="message_sent_has_time"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["campaign", "status"], name="message_campaign_status_idx"),
+            models.Index(fields=["customer", "sent_at"], name="message_customer_sent_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} → {self.customer_id} ({self.status})"
+
+
+class Offer(models.Model):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="offers")
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="offers")
+    rank = models.PositiveSmallIntegerField()
+    score = models.FloatField()
+    reason = models.CharField(max_length=300)
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.SET_NULL, null=True, blank=True)
+    token = models.CharField(max_length=32, unique=True, default=new_token)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["message", "rank"]
+        constraints = [
+            models.UniqueConstraint(fields=["message", "product"], name="offer_once_per_message"),
+            models.UniqueConstraint(fields=["message", "rank"], name="offer_rank_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.product} for message {self.message_id}"
+
+
+class TrackedLink(models.Model):
+    """A link in a sent email: the click redirect goes only to this stored URL."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="links")
+    offer = models.ForeignKey(Offer, on_delete=models.CASCADE, null=True, blank=True, related_name="links")
+    token = models.CharField(max_length=32, unique=True, default=new_token)
+    url = models.URLField(max_length=2000)
+    is_honeypot = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class Event(models.Model):
+    class Kind(models.TextChoices):
+        DELIVERED = "delivered", "Delivered"
+        OPEN = "open", "Opened"
+        CLICK = "click", "Clicked"
+        ACCEPT = "accept", "Accepted offer"
+        UNSUBSCRIBE = "unsubscribe", "Unsubscribed"
+        BOUNCE = "bounce", "Bounced"
+        COMPLAINT = "complaint", "Complained"
+        CONVERSION = "conversion", "Converted"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, null=True, blank=True, related_name="events"
+    )
+    offer = models.ForeignKey(Offer, on_delete=models.CASCADE, null=True, blank=True, related_name="events")
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="events")
+    occurred_at = models.DateTimeField(db_index=True)
+    user_agent = models.CharField(max_length=500, blank=True)
+    ip_hash = models.CharField(max_length=64, blank=True)
+    is_machine = models.BooleanField(default=False, help_text="Bot, scanner or privacy proxy: not a person.")
+    machine_reason = models.CharField(max_length=100, blank=True)
+    is_simulated = models.BooleanField(default=False)
+    meta = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["offer"], condition=Q(kind="accept"), name="event_one_acceptance_per_offer"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["message", "kind"], name="event_message_kind_idx"),
+            models.Index(fields=["customer", "occurred_at"], name="event_customer_time_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.occurred_at:%Y-%m-%d %H:%M}"
+
+
+class Conversion(models.Model):
+    """A later purchase of an offered product within the attribution window (holdouts counted alike)."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="conversions")
+    offer = models.ForeignKey(
+        Offer, on_delete=models.CASCADE, null=True, blank=True, related_name="conversions"
+    )
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="conversions")
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="+")
+    revenue = models.DecimalField(max_digits=14, decimal_places=2)
+    is_holdout = models.BooleanField(default=False)
+    is_simulated = models.BooleanField(default=False)
+    attributed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "order", "product"], name="conversion_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"conversion {self.order_id} ← message {self.message_id}"

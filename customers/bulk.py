@@ -1,0 +1,92 @@
+"""Set-based writes for large imports: PostgreSQL COPY, plain executemany elsewhere.
+
+The ORM's bulk_create builds one Python object per row and one INSERT per batch; at millions of order
+lines that dominates an import. These helpers take a DataFrame whose columns are database columns.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+from django.db import connection, models
+
+
+def _is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _text_columns(model: type[models.Model], columns: Iterable[str]) -> list[str]:
+    by_column = {f.column: f for f in model._meta.concrete_fields}
+    return [c for c in columns if isinstance(by_column[c], models.CharField | models.TextField)]
+
+
+def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    for name in out.columns:
+        col = out[name]
+        if pd.api.types.is_datetime64_any_dtype(col):
+            col = col.dt.tz_convert("UTC") if col.dt.tz is not None else col
+            # SQLite stores Django datetimes as naive UTC text; PostgreSQL parses ISO with offset.
+            fmt = "%Y-%m-%d %H:%M:%S.%f+00:00" if _is_postgres() else "%Y-%m-%d %H:%M:%S.%f"
+            out[name] = col.dt.strftime(fmt)
+        elif pd.api.types.is_bool_dtype(col):
+            out[name] = col.map({True: "t", False: "f"}) if _is_postgres() else col.astype(int)
+    return out
+
+
+def bulk_insert(model: type[models.Model], frame: pd.DataFrame) -> int:
+    """Insert every row of frame into model's table; returns the number of rows."""
+    if frame.empty:
+        return 0
+    frame = _prepare(frame)
+    table = connection.ops.quote_name(model._meta.db_table)
+    cols = ", ".join(connection.ops.quote_name(c) for c in frame.columns)
+    with connection.cursor() as cursor:
+        if _is_postgres():
+            options = "FORMAT csv"
+            text = _text_columns(model, frame.columns)
+            if text:
+                # An unquoted empty field is NULL in COPY csv; blank text columns must stay ''.
+                options += ", FORCE_NOT_NULL (" + ", ".join(connection.ops.quote_name(c) for c in text) + ")"
+            for part in _slices(frame, 200_000):
+                buffer = io.StringIO()
+                part.to_csv(buffer, header=False, index=False)
+                with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN WITH ({options})") as copy:
+                    copy.write(buffer.getvalue())
+        else:
+            marks = ", ".join(["%s"] * len(frame.columns))
+            rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
+            cursor.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", list(rows))
+    return len(frame)
+
+
+def _slices(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
+    for start in range(0, len(frame), size):
+        yield frame.iloc[start : start + size]
+
+
+def id_map(model: type[models.Model], field: str, keys: Iterable[str], batch: int = 10_000) -> dict[str, int]:
+    """{natural key: primary key} for the given keys that exist, read in batches."""
+    keys = list(keys)
+    found: dict[str, int] = {}
+    for start in range(0, len(keys), batch):
+        part = keys[start : start + batch]
+        found.update(model.objects.filter(**{f"{field}__in": part}).values_list(field, "pk"))
+    return found
+
+
+def delete_where_in(model: type[models.Model], field: str, values: Iterable[int], batch: int = 10_000) -> int:
+    values = list(values)
+    deleted = 0
+    for start in range(0, len(values), batch):
+        deleted += model.objects.filter(**{f"{field}__in": values[start : start + batch]})._raw_delete(
+            model.objects.db
+        )
+    return deleted
+
+
+def as_int_array(values: Iterable[int]) -> np.ndarray:
+    return np.fromiter(values, dtype=np.int64)
