@@ -1,0 +1,1 @@
+"""Cross-sell recommender: candidates, features, model, baselines, evaluation."""
