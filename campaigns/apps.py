@@ -4,3 +4,15 @@ from django.apps import AppConfig
 class CampaignsConfig(AppConfig):
     name = "campaigns"
     verbose_name = "Cross-sell campaigns"
+
+    def ready(self):
+        from customers.signals import orders_imported
+
+        orders_imported.connect(_plan_for_new_orders, dispatch_uid="campaigns.plan_for_new_orders")
+
+
+def _plan_for_new_orders(sender, order_ids, **kwargs):
+    from .tasks import plan_post_purchase
+
+    # Runs after the import's transaction committed: the task sees the orders.
+    plan_post_purchase.delay(order_ids=order_ids)

@@ -140,6 +140,12 @@ class Campaign(models.Model):
     )
     # One-off: when to send (empty: now). Recurring: the beat schedule.
     send_at = models.DateTimeField(null=True, blank=True)
+    schedule_cron = models.CharField(
+        max_length=100,
+        blank=True,
+        default="0 9 * * 1",
+        help_text="Recurring: when to run, as cron (minute hour day month weekday), UTC.",
+    )
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask", on_delete=models.SET_NULL, null=True, blank=True
     )

@@ -1,1 +1,71 @@
 """Celery tasks: they take ids, call one service function and retry on transient errors."""
+
+from celery import shared_task
+from django.conf import settings
+from django.db import OperationalError
+
+from .lifecycle import (
+    campaign_batches,
+    campaign_finish_if_done,
+    campaign_start,
+    campaigns_due,
+    recurring_run,
+)
+from .models import Campaign
+from .planning import post_purchase_plan
+from .sending import messages_send, messages_sweep_stuck
+
+TRANSIENT = (OperationalError, ConnectionError)
+
+
+@shared_task(
+    name="campaigns.dispatch", queue="default", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5
+)
+def dispatch(*, campaign_id: int) -> int:
+    """Fan a sending campaign's due messages out to send_batch tasks."""
+    campaign = Campaign.objects.get(pk=campaign_id)
+    batches = campaign_batches(campaign=campaign)
+    for ids in batches:
+        send_batch.delay(campaign_id=campaign_id, message_ids=ids)
+    if not batches:
+        campaign_finish_if_done(campaign=campaign)
+    return len(batches)
+
+
+@shared_task(
+    name="campaigns.send_batch", queue="default", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5
+)
+def send_batch(*, campaign_id: int, message_ids: list[int]) -> dict:
+    counts = messages_send(message_ids=message_ids)
+    if counts["retry"]:
+        dispatch.apply_async(kwargs={"campaign_id": campaign_id}, countdown=settings.SEND_RETRY_BASE_SECONDS)
+    campaign_finish_if_done(campaign=Campaign.objects.get(pk=campaign_id))
+    return counts
+
+
+@shared_task(name="campaigns.run_recurring", queue="default", autoretry_for=TRANSIENT, retry_backoff=True)
+def run_recurring(*, campaign_id: int) -> None:
+    recurring_run(campaign=Campaign.objects.get(pk=campaign_id))
+    dispatch.delay(campaign_id=campaign_id)
+
+
+@shared_task(
+    name="campaigns.plan_post_purchase", queue="default", autoretry_for=TRANSIENT, retry_backoff=True
+)
+def plan_post_purchase(*, order_ids: list[int] | None = None) -> int:
+    """Plan post-purchase messages for new orders (or all recent orders when order_ids is None)."""
+    planned = 0
+    for campaign in Campaign.objects.filter(kind=Campaign.Kind.POST_PURCHASE, status=Campaign.Status.SENDING):
+        planned += post_purchase_plan(campaign=campaign, order_ids=order_ids)
+    return planned
+
+
+@shared_task(name="campaigns.tick", queue="default", autoretry_for=TRANSIENT, retry_backoff=True)
+def tick() -> None:
+    """Every minute (beat): sweep stuck sends, start due one-offs, plan post-purchase, dispatch."""
+    messages_sweep_stuck()
+    for campaign_id in campaigns_due():
+        campaign_start(campaign=Campaign.objects.get(pk=campaign_id))
+    plan_post_purchase()
+    for campaign_id in Campaign.objects.filter(status=Campaign.Status.SENDING).values_list("pk", flat=True):
+        dispatch.delay(campaign_id=campaign_id)

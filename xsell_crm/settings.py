@@ -100,7 +100,13 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the dev server read while an import or a send writes.
-    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 30}
+    # IMMEDIATE: a transaction takes the write lock when it begins, so two processes claiming messages
+    # serialise instead of both reading "planned" (PostgreSQL uses SELECT ... FOR UPDATE SKIP LOCKED).
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL;",
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+    }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -194,3 +200,10 @@ LOGGING = {
 MODEL_DIR = Path(env_str("MODEL_DIR") or (VAR_DIR / "models"))
 # The next-best-offer API: comma-separated bearer tokens allowed to call it.
 API_TOKENS = env_list("API_TOKENS")
+
+# Sending: transient SMTP failures (4xx) are retried with exponential backoff and jitter, a bounded
+# number of times; a message left in "sending" longer than SEND_STUCK_MINUTES becomes "uncertain".
+SEND_BATCH_SIZE = env_int("SEND_BATCH_SIZE", 200)
+SEND_MAX_ATTEMPTS = env_int("SEND_MAX_ATTEMPTS", 5)
+SEND_RETRY_BASE_SECONDS = env_int("SEND_RETRY_BASE_SECONDS", 60)
+SEND_STUCK_MINUTES = env_int("SEND_STUCK_MINUTES", 15)

@@ -1,1 +1,340 @@
-"""Admin for campaigns."""
+"""Admin for templates, campaigns, frequency policies and messages."""
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.core.mail import EmailMultiAlternatives
+from django.db.models import Count
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from customers.admin_utils import EstimatedCountPaginator
+from customers.models import Customer
+
+from ..lifecycle import CampaignStateError, campaign_cancel, campaign_pause, campaign_resume, campaign_start
+from ..models import Campaign, CampaignRun, EmailTemplate, FrequencyPolicy, Message, Offer
+from ..recommender import recommend_for_customers
+from ..rendering import RenderError, email_render, sample_context, template_validate
+
+
+class EmailTemplateForm(forms.ModelForm):
+    class Meta:
+        model = EmailTemplate
+        fields = ("name", "layout", "subject", "html", "text")
+        widgets = {
+            "html": forms.Textarea(attrs={"rows": 18, "cols": 100, "style": "font-family: monospace"}),
+            "text": forms.Textarea(attrs={"rows": 10, "cols": 100, "style": "font-family: monospace"}),
+        }
+
+    def clean(self):
+        data = super().clean()
+        if all(k in data for k in ("subject", "html", "text", "layout")):
+            try:
+                template_validate(
+                    subject=data["subject"],
+                    html=data["html"],
+                    text=data["text"],
+                    layout=data["layout"],
+                    context=sample_context(),
+                )
+            except RenderError as exc:
+                raise forms.ValidationError(f"The template does not render: {exc}") from None
+        return data
+
+
+class TestSendForm(forms.Form):
+    to = forms.EmailField(label="Send a test to")
+
+
+def _preview_context(customer: Customer | None) -> dict:
+    context = sample_context()
+    if customer is None:
+        return context
+    context["customer"] = {
+        "first_name": customer.first_name,
+        "last_name": customer.last_name,
+        "full_name": customer.full_name,
+        "email": customer.email,
+        "country": customer.country,
+    }
+    recs = recommend_for_customers(customer_ids=[customer.pk], k=3).get(customer.pk, [])
+    from customers.models import Product
+
+    products = Product.objects.in_bulk([r.product_id for r in recs])
+    context["offers"] = [
+        {
+            **context["offers"][0],
+            "name": products[r.product_id].name or products[r.product_id].sku,
+            "sku": products[r.product_id].sku,
+            "price": products[r.product_id].price,
+            "currency": products[r.product_id].currency,
+            "image_url": products[r.product_id].image_url,
+            "reason": r.reason,
+            "score": round(r.score, 3),
+        }
+        for r in recs
+    ] or context["offers"]
+    return context
+
+
+@admin.register(EmailTemplate)
+class EmailTemplateAdmin(admin.ModelAdmin):
+    form = EmailTemplateForm
+    list_display = ("name", "subject", "updated_at", "preview_link")
+    search_fields = ("name", "subject")
+    change_form_template = "admin/campaigns/emailtemplate/change_form.html"
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/preview/",
+                self.admin_site.admin_view(self.preview_view),
+                name="campaigns_emailtemplate_preview",
+            ),
+            path(
+                "<int:pk>/test/",
+                self.admin_site.admin_view(self.test_view),
+                name="campaigns_emailtemplate_test",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="preview")
+    def preview_link(self, obj):
+        return format_html(
+            '<a href="{}">preview</a>', reverse("admin:campaigns_emailtemplate_change", args=[obj.pk])
+        )
+
+    def _render(self, request, template: EmailTemplate):
+        customer = None
+        if request.GET.get("customer"):
+            customer = Customer.objects.filter(external_id=request.GET["customer"]).first()
+        return email_render(
+            subject=template.subject,
+            html=template.html,
+            text=template.text,
+            layout=template.layout,
+            context=_preview_context(customer),
+        )
+
+    def preview_view(self, request, pk):
+        """The rendered HTML, served for a sandboxed iframe: no scripts, no same-origin access."""
+        template = get_object_or_404(EmailTemplate, pk=pk)
+        if not self.has_view_permission(request, template):
+            raise PermissionDenied
+        try:
+            body = self._render(request, template).html
+        except RenderError as exc:
+            body = format_html("<pre>{}</pre>", str(exc))
+        response = HttpResponse(body)
+        response["Content-Security-Policy"] = (
+            "sandbox; default-src 'none'; img-src * data:; style-src 'unsafe-inline'"
+        )
+        response["X-Frame-Options"] = "SAMEORIGIN"
+        return response
+
+    def test_view(self, request, pk):
+        template = get_object_or_404(EmailTemplate, pk=pk)
+        if request.method != "POST" or not self.has_change_permission(request, template):
+            raise PermissionDenied
+        form = TestSendForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "Enter a valid email address for the test.")
+        else:
+            try:
+                rendered = self._render(request, template)
+                email = EmailMultiAlternatives(
+                    f"[TEST] {rendered.subject}",
+                    rendered.text,
+                    settings.DEFAULT_FROM_EMAIL,
+                    [form.cleaned_data["to"]],
+                )
+                email.attach_alternative(rendered.html, "text/html")
+                email.send()
+                messages.success(request, f"Test sent to {form.cleaned_data['to']}.")
+            except RenderError as exc:
+                messages.error(request, f"Not sent: {exc}")
+            except Exception as exc:  # noqa: BLE001 - show the mail server's answer to the marketer
+                messages.error(request, f"Not sent: {exc}")
+        return redirect("admin:campaigns_emailtemplate_change", pk)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra = {"test_form": TestSendForm(), "preview_customer": request.GET.get("customer", "")}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
+
+
+class CampaignForm(forms.ModelForm):
+    class Meta:
+        model = Campaign
+        fields = (
+            "name",
+            "kind",
+            "segment",
+            "template",
+            "from_email",
+            "offers_per_email",
+            "min_offer_score",
+            "allowed_categories",
+            "send_at",
+            "schedule_cron",
+            "delay_hours",
+            "trigger_skus",
+            "trigger_categories",
+            "trigger_min_value",
+            "trigger_lookback_days",
+            "holdout_percent",
+            "frequency_policy",
+            "utm_source",
+            "utm_medium",
+            "utm_campaign",
+        )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("kind") == Campaign.Kind.POST_PURCHASE and data.get("send_at"):
+            self.add_error(
+                "send_at", "A post-purchase campaign is sent after each order, not at a fixed time."
+            )
+        if (
+            data.get("kind") == Campaign.Kind.RECURRING
+            and len((data.get("schedule_cron") or "").split()) != 5
+        ):
+            self.add_error("schedule_cron", "Give five cron fields, e.g. '0 9 * * 1' for Mondays at 09:00.")
+        return data
+
+
+@admin.register(Campaign)
+class CampaignAdmin(admin.ModelAdmin):
+    form = CampaignForm
+    list_display = (
+        "name",
+        "kind",
+        "status",
+        "segment",
+        "template",
+        "started_at",
+        "finished_at",
+        "report_link",
+    )
+    list_filter = ("status", "kind")
+    search_fields = ("name",)
+    actions = ["start", "pause", "resume", "cancel"]
+    readonly_fields = ("status", "started_at", "finished_at", "created_by", "message_counts")
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "status", "segment", "template", "from_email")}),
+        ("Offers", {"fields": ("offers_per_email", "min_offer_score", "allowed_categories")}),
+        (
+            "When",
+            {
+                "fields": (
+                    "send_at",
+                    "schedule_cron",
+                    "delay_hours",
+                    "trigger_skus",
+                    "trigger_categories",
+                    "trigger_min_value",
+                    "trigger_lookback_days",
+                )
+            },
+        ),
+        (
+            "Measurement and limits",
+            {"fields": ("holdout_percent", "frequency_policy", "utm_source", "utm_medium", "utm_campaign")},
+        ),
+        ("Progress", {"fields": ("message_counts", "started_at", "finished_at", "created_by")}),
+    )
+
+    @admin.display(description="messages by status")
+    def message_counts(self, obj):
+        if obj.pk is None:
+            return "—"
+        counts = dict(obj.messages.values_list("status").annotate(n=Count("pk")).order_by())
+        return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none yet"
+
+    @admin.display(description="report")
+    def report_link(self, obj):
+        try:
+            url = reverse("admin:campaigns_campaign_report", args=[obj.pk])
+        except Exception:  # noqa: BLE001 - reports arrive with the analytics module
+            return "—"
+        return format_html('<a href="{}">report</a>', url)
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    def _act(self, request, queryset, action, verb):
+        if not request.user.has_perm("campaigns.send_campaign"):
+            raise PermissionDenied
+        for campaign in queryset:
+            try:
+                action(campaign=campaign)
+                self.message_user(request, f"{campaign.name}: {verb}.")
+            except CampaignStateError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+
+    @admin.action(description="Start or schedule sending")
+    def start(self, request, queryset):
+        self._act(request, queryset, campaign_start, "started")
+
+    @admin.action(description="Pause")
+    def pause(self, request, queryset):
+        self._act(request, queryset, campaign_pause, "paused")
+
+    @admin.action(description="Resume")
+    def resume(self, request, queryset):
+        self._act(request, queryset, campaign_resume, "resumed")
+
+    @admin.action(description="Cancel (planned messages are skipped)")
+    def cancel(self, request, queryset):
+        self._act(request, queryset, campaign_cancel, "cancelled")
+
+
+@admin.register(FrequencyPolicy)
+class FrequencyPolicyAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "is_default",
+        "max_messages",
+        "window_days",
+        "min_gap_hours",
+        "quiet_start",
+        "quiet_end",
+    )
+
+
+class OfferInline(admin.TabularInline):
+    model = Offer
+    extra = 0
+    fields = ("rank", "product", "score", "reason", "model_version")
+    readonly_fields = fields
+    can_delete = False
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ("id", "campaign", "customer", "status", "skip_reason", "sent_at", "attempts")
+    list_filter = ("status", "skip_reason", "campaign")
+    list_select_related = ("campaign", "customer")
+    search_fields = ("=customer__external_id", "customer__email", "=token")
+    raw_id_fields = ("customer", "trigger_order", "run")
+    readonly_fields = [f.name for f in Message._meta.fields]
+    inlines = [OfferInline]
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(CampaignRun)
+class CampaignRunAdmin(admin.ModelAdmin):
+    list_display = ("campaign", "key", "planned_at", "counts")
+    readonly_fields = ("campaign", "key", "planned_at", "finished_at", "counts")
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,151 @@
+"""A campaign's life: draft → scheduled → sending → done, with pause, resume and cancel.
+
+Post-purchase campaigns stay in "sending" while active: each matching order plans a message.
+Recurring campaigns go back to "scheduled" between runs; each run is keyed by its schedule slot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django_celery_beat.models import CrontabSchedule, PeriodicTask
+
+from .models import Campaign, Message
+from .planning import campaign_plan, post_purchase_plan
+from .sending import messages_due
+
+
+class CampaignStateError(ValueError):
+    """The action does not fit the campaign's current status."""
+
+
+def _set_status(campaign: Campaign, new: str, allowed_from: tuple[str, ...], **fields) -> None:
+    updated = Campaign.objects.filter(pk=campaign.pk, status__in=allowed_from).update(status=new, **fields)
+    if not updated:
+        campaign.refresh_from_db()
+        raise CampaignStateError(
+            f"campaign {campaign.name!r} is {campaign.get_status_display().lower()}; cannot do that"
+        )
+    campaign.refresh_from_db()
+
+
+def campaign_start(*, campaign: Campaign, now: dt.datetime | None = None, enqueue: bool = True) -> None:
+    """Schedule or start sending. With enqueue, Celery sends after the transaction commits."""
+    from .tasks import dispatch
+
+    now = now or timezone.now()
+    draft = (Campaign.Status.DRAFT,)
+    if campaign.kind == Campaign.Kind.ONE_OFF and campaign.send_at and campaign.send_at > now:
+        _set_status(campaign, Campaign.Status.SCHEDULED, draft)  # dispatch_due starts it when due
+        return
+    if campaign.kind == Campaign.Kind.RECURRING:
+        _schedule_recurring(campaign, campaign.schedule_cron)
+        _set_status(campaign, Campaign.Status.SCHEDULED, draft)
+        return
+    _set_status(campaign, Campaign.Status.SENDING, draft + (Campaign.Status.SCHEDULED,), started_at=now)
+    if campaign.kind == Campaign.Kind.POST_PURCHASE:
+        post_purchase_plan(campaign=campaign, now=now)
+    else:
+        campaign_plan(campaign=campaign, run_key="once", now=now)
+    if enqueue:
+        transaction.on_commit(lambda: dispatch.delay(campaign_id=campaign.pk))
+
+
+def _schedule_recurring(campaign: Campaign, cron: str) -> None:
+    fields = cron.split()
+    if len(fields) != 5:
+        raise CampaignStateError(
+            f"schedule {cron!r} is not a 5-field cron expression (minute hour day month weekday)"
+        )
+    minute, hour, day, month, weekday = fields
+    schedule, _ = CrontabSchedule.objects.get_or_create(
+        minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday, timezone="UTC"
+    )
+    task, _ = PeriodicTask.objects.update_or_create(
+        name=f"campaign {campaign.pk}: {campaign.name}"[:200],
+        defaults={
+            "task": "campaigns.run_recurring",
+            "crontab": schedule,
+            "kwargs": json.dumps({"campaign_id": campaign.pk}),
+            "enabled": True,
+        },
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(periodic_task=task)
+
+
+def recurring_run(*, campaign: Campaign, now: dt.datetime | None = None) -> None:
+    """One scheduled run. Keyed by the hour, so two beat ticks for the same slot plan one run."""
+    now = now or timezone.now()
+    if campaign.status not in (Campaign.Status.SCHEDULED, Campaign.Status.SENDING):
+        return
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.SENDING, started_at=now)
+    campaign.refresh_from_db()
+    campaign_plan(campaign=campaign, run_key=now.strftime("%Y-%m-%dT%H"), now=now)
+
+
+def campaign_pause(*, campaign: Campaign) -> None:
+    _set_status(campaign, Campaign.Status.PAUSED, (Campaign.Status.SENDING, Campaign.Status.SCHEDULED))
+    if campaign.periodic_task_id:
+        PeriodicTask.objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
+
+
+def campaign_resume(*, campaign: Campaign) -> None:
+    from .tasks import dispatch
+
+    if campaign.kind == Campaign.Kind.RECURRING and campaign.periodic_task_id:
+        PeriodicTask.objects.filter(pk=campaign.periodic_task_id).update(enabled=True)
+    _set_status(campaign, Campaign.Status.SENDING, (Campaign.Status.PAUSED,))
+    transaction.on_commit(lambda: dispatch.delay(campaign_id=campaign.pk))
+
+
+def campaign_cancel(*, campaign: Campaign) -> int:
+    """Stop for good; planned messages are skipped (messages already claimed finish their send)."""
+    _set_status(
+        campaign,
+        Campaign.Status.CANCELLED,
+        (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.SENDING, Campaign.Status.PAUSED),
+        finished_at=timezone.now(),
+    )
+    if campaign.periodic_task_id:
+        PeriodicTask.objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
+    return campaign.messages.filter(status=Message.Status.PLANNED).update(
+        status=Message.Status.SKIPPED, skip_reason=Message.SkipReason.CANCELLED
+    )
+
+
+def campaign_batches(*, campaign: Campaign, now: dt.datetime | None = None) -> list[list[int]]:
+    """The campaign's due messages, cut into batches for the send tasks."""
+    if campaign.status != Campaign.Status.SENDING:
+        return []
+    ids = messages_due(campaign=campaign, now=now)
+    size = settings.SEND_BATCH_SIZE
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def campaign_finish_if_done(*, campaign: Campaign) -> bool:
+    """A one-off or recurring run is done when nothing is planned or being sent."""
+    if campaign.kind == Campaign.Kind.POST_PURCHASE:
+        return False
+    busy = campaign.messages.filter(status__in=(Message.Status.PLANNED, Message.Status.SENDING)).exists()
+    if busy:
+        return False
+    new = Campaign.Status.SCHEDULED if campaign.kind == Campaign.Kind.RECURRING else Campaign.Status.DONE
+    return bool(
+        Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.SENDING).update(
+            status=new, finished_at=timezone.now()
+        )
+    )
+
+
+def campaigns_due(*, now: dt.datetime | None = None) -> list[int]:
+    """Scheduled one-offs whose time has come."""
+    now = now or timezone.now()
+    return list(
+        Campaign.objects.filter(
+            kind=Campaign.Kind.ONE_OFF, status=Campaign.Status.SCHEDULED, send_at__lte=now
+        ).values_list("pk", flat=True)
+    )

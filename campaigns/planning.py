@@ -1,0 +1,121 @@
+"""Plan who a campaign mails: the segment's audience minus the unmailable, split off a holdout group.
+
+Message rows are created in bulk with ignore_conflicts, so planning the same run twice (a retried task,
+two beat ticks) adds nothing: the unique constraints on Message decide, not Python.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+from django.db.models import Count, Exists, OuterRef, Q
+from django.utils import timezone
+
+from customers.models import Order, OrderLine
+
+from .models import Campaign, CampaignRun, Message
+from .segments import segment_audience, segment_queryset
+
+BATCH = 5000
+
+
+def holdout_bucket(*, campaign_id: int, customer_id: int) -> int:
+    """0..99, stable per (campaign, customer): the same customer stays in or out of the holdout."""
+    digest = hashlib.sha256(f"{campaign_id}:{customer_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def campaign_audience(campaign: Campaign, now: dt.datetime):
+    """(everyone in the segment, the mailable among them) as querysets."""
+    if campaign.segment is not None:
+        return segment_queryset(rules=campaign.segment.rules, now=now), segment_audience(
+            segment=campaign.segment, now=now
+        )
+    everyone = segment_queryset(rules={}, now=now)
+    return everyone, everyone.filter(marketing_consent=True, suppressed_reason="").exclude(email="")
+
+
+def _status(campaign: Campaign, customer_id: int, mailable: bool) -> tuple[str, str]:
+    if not mailable:
+        return Message.Status.SKIPPED, Message.SkipReason.SUPPRESSED
+    if holdout_bucket(campaign_id=campaign.pk, customer_id=customer_id) < campaign.holdout_percent:
+        return Message.Status.HOLDOUT, ""
+    return Message.Status.PLANNED, ""
+
+
+def _insert(campaign: Campaign, rows: list[tuple[int, int | None, dt.datetime | None, bool]], run) -> None:
+    """rows: (customer_id, trigger_order_id, send_after, mailable). Existing rows for the occasion win.
+
+    The unmailable get a skipped row too, so the campaign's funnel shows how many were suppressed; the
+    holdout is drawn from the mailable only, so recipients and holdout are comparable.
+    """
+    for start in range(0, len(rows), BATCH):
+        messages = []
+        for customer_id, order_id, send_after, mailable in rows[start : start + BATCH]:
+            status, reason = _status(campaign, customer_id, mailable)
+            messages.append(
+                Message(
+                    campaign=campaign,
+                    run=run,
+                    customer_id=customer_id,
+                    trigger_order_id=order_id,
+                    send_after=send_after,
+                    status=status,
+                    skip_reason=reason,
+                )
+            )
+        Message.objects.bulk_create(messages, ignore_conflicts=True)
+
+
+def campaign_plan(
+    *, campaign: Campaign, run_key: str = "once", now: dt.datetime | None = None
+) -> CampaignRun:
+    """Plan one run of a one-off or recurring campaign. Idempotent per (campaign, run_key)."""
+    now = now or timezone.now()
+    run, _ = CampaignRun.objects.get_or_create(campaign=campaign, key=run_key)
+    if run.planned_at is not None:
+        return run
+    everyone, mailable = campaign_audience(campaign, now)
+    mailable_ids = set(mailable.values_list("pk", flat=True))
+    ids = list(everyone.order_by("pk").values_list("pk", flat=True))
+    _insert(campaign, [(pk, None, None, pk in mailable_ids) for pk in ids], run)
+    counts = dict(run.messages.values_list("status").annotate(n=Count("pk")).order_by())
+    CampaignRun.objects.filter(pk=run.pk, planned_at__isnull=True).update(planned_at=now, counts=counts)
+    run.refresh_from_db()
+    return run
+
+
+def trigger_orders(*, campaign: Campaign, now: dt.datetime, order_ids: list[int] | None = None):
+    """Placed orders recent enough to trigger this post-purchase campaign, as a queryset."""
+    orders = Order.objects.filter(
+        status=Order.Status.PLACED, placed_at__gte=now - dt.timedelta(days=campaign.trigger_lookback_days)
+    )
+    if order_ids is not None:
+        orders = orders.filter(pk__in=order_ids)
+    if campaign.trigger_min_value is not None:
+        orders = orders.filter(total__gte=campaign.trigger_min_value)
+    product_rule = Q()
+    if campaign.trigger_skus:
+        product_rule |= Q(product__sku__in=campaign.trigger_skus)
+    if campaign.trigger_categories:
+        product_rule |= Q(product__category__in=campaign.trigger_categories)
+    if product_rule:
+        orders = orders.filter(Exists(OrderLine.objects.filter(product_rule, order=OuterRef("pk"))))
+    return orders
+
+
+def post_purchase_plan(
+    *, campaign: Campaign, now: dt.datetime | None = None, order_ids: list[int] | None = None
+) -> int:
+    """Plan one message per matching order, due delay_hours after the order. Idempotent per order."""
+    now = now or timezone.now()
+    everyone, mailable = campaign_audience(campaign, now)
+    orders = trigger_orders(campaign=campaign, now=now, order_ids=order_ids).filter(customer__in=everyone)
+    candidates = list(orders.values_list("pk", "customer_id", "placed_at"))
+    if not candidates:
+        return 0
+    mailable_ids = set(mailable.filter(pk__in={c for _, c, _ in candidates}).values_list("pk", flat=True))
+    delay = dt.timedelta(hours=campaign.delay_hours)
+    _insert(campaign, [(c, o, placed + delay, c in mailable_ids) for o, c, placed in candidates], None)
+    return len(candidates)

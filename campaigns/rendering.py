@@ -1,0 +1,270 @@
+"""Render marketer-edited Jinja templates safely: sandboxed, strict, escaped, bounded in time and size.
+
+Three parts per email (subject, HTML, text). The marketer's HTML and text bodies are rendered in an
+ImmutableSandboxedEnvironment, then wrapped in a shared layout from templates/email/ (trusted files),
+CSS is inlined for mail clients that drop <style>, and links are rewritten for click tracking.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import css_inline
+from django.conf import settings
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from markupsafe import Markup
+
+MAX_OUTPUT_CHARS = 500_000  # per part; a real email is a few tens of KB
+MAX_RENDER_SECONDS = 2.0
+MAX_LOOP_ITEMS = 10_000  # summed over every range() in one render
+MAX_POWER_EXPONENT = 100
+MAX_POWER_BITS = 4096
+MAX_REPEAT = 10_000  # 'x' * n
+
+LAYOUT_DIR = Path(settings.BASE_DIR) / "templates"
+_budget: contextvars.ContextVar[list[int]] = contextvars.ContextVar("range_budget")
+
+
+class RenderError(Exception):
+    """The template is invalid or refused to render; the message says why and where."""
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The stock sandbox blocks attribute tricks; this also bounds arithmetic and loops."""
+
+    intercepted_binops = frozenset({"**", "*"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, int | float):
+            # Jinja's ** is left-associative, so (9**9)**9 chains: bound the result's size, not only the exponent.
+            bits = abs(int(left)).bit_length() if isinstance(left, int | float) else 0
+            if abs(right) > MAX_POWER_EXPONENT or bits * abs(right) > MAX_POWER_BITS:
+                raise SecurityError(f"a {bits}-bit number ** {right} is too large to compute")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(n, int) and n > MAX_REPEAT:
+                    raise SecurityError(f"repeating a sequence {n} times is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
+def _bounded_range(*args):
+    items = range(*args)
+    budget = _budget.get(None)
+    if budget is not None:
+        budget[0] -= len(items)
+        if budget[0] < 0:
+            raise SecurityError(f"loops over more than {MAX_LOOP_ITEMS} items in one email")
+    return items
+
+
+def _money(value, currency: str = "") -> str:
+    try:
+        amount = Decimal(str(value)).quantize(Decimal("0.01"))
+    except Exception:  # noqa: BLE001 - a filter must not crash on odd input
+        return str(value)
+    symbol = {"GBP": "£", "EUR": "€", "USD": "$"}.get(currency, "")
+    return f"{symbol}{amount:,}" if symbol else f"{amount:,} {currency}".strip()
+
+
+def _make_env(autoescape: bool) -> ImmutableSandboxedEnvironment:
+    env = _BoundedSandbox(
+        undefined=StrictUndefined, autoescape=autoescape, trim_blocks=True, lstrip_blocks=True
+    )
+    env.globals["range"] = _bounded_range
+    env.filters["money"] = _money
+    return env
+
+
+HTML_ENV = _make_env(autoescape=True)
+TEXT_ENV = _make_env(autoescape=False)
+# The layouts are our own files, not marketer input: a plain environment is fine for them.
+LAYOUT_ENV = Environment(
+    loader=FileSystemLoader(LAYOUT_DIR),
+    autoescape=select_autoescape(["html"]),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    html: str
+    text: str
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(env: ImmutableSandboxedEnvironment, source: str):
+    # A campaign renders one template for thousands of recipients: compile it once per process.
+    return env.from_string(source)
+
+
+def _render_bounded(env: ImmutableSandboxedEnvironment, source: str, context: dict, part: str) -> str:
+    """Render with a cap on loop items, output size and (in a worker's main thread) wall time."""
+    try:
+        template = _compile(env, source)
+    except TemplateError as exc:
+        line = getattr(exc, "lineno", None)
+        raise RenderError(f"{part}{f', line {line}' if line else ''}: {exc}") from None
+    token = _budget.set([MAX_LOOP_ITEMS])
+    deadline = time.monotonic() + MAX_RENDER_SECONDS
+    chunks, size = [], 0
+    try:
+        with _alarm(MAX_RENDER_SECONDS):
+            for chunk in template.generate(**context):
+                size += len(chunk)
+                if size > MAX_OUTPUT_CHARS:
+                    raise SecurityError(f"output is larger than {MAX_OUTPUT_CHARS} characters")
+                if time.monotonic() > deadline:
+                    raise SecurityError(f"took longer than {MAX_RENDER_SECONDS} s")
+                chunks.append(chunk)
+    except Exception as exc:  # noqa: BLE001 - any failure fails this one render, never the worker
+        line = _template_line(exc)
+        raise RenderError(f"{part}{f', line {line}' if line else ''}: {type(exc).__name__}: {exc}") from None
+    finally:
+        _budget.reset(token)
+    return "".join(chunks)
+
+
+def _template_line(exc: BaseException) -> int | None:
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+class _alarm:
+    """SIGALRM stops a render stuck inside one expression; only possible in the main thread."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.active = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.signal(signal.SIGALRM, self._raise)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise TimeoutError(f"took longer than {MAX_RENDER_SECONDS} s")
+
+
+_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
+
+
+def links_rewrite(*, html: str, track: Callable[[str], str]) -> str:
+    """Point every absolute http(s) link at the click tracker; track(url) returns the tracked URL."""
+
+    def replace(match: re.Match) -> str:
+        url = match.group(3).replace("&amp;", "&")
+        tracked = track(url)
+        return f"{match.group(1)}{match.group(2)}{tracked}{match.group(2)}"
+
+    return _HREF.sub(replace, html)
+
+
+def email_render(
+    *,
+    subject: str,
+    html: str,
+    text: str,
+    context: dict,
+    layout: str = "email/base.html",
+    track: Callable[[str], str] | None = None,
+    footer: dict | None = None,
+) -> RenderedEmail:
+    """Render the three parts. footer holds the unsubscribe/preferences/pixel URLs the layout adds."""
+    rendered_subject = " ".join(_render_bounded(TEXT_ENV, subject, context, "subject").split())
+    if not rendered_subject:
+        raise RenderError("subject: renders to an empty line")
+    body_html = _render_bounded(HTML_ENV, html, context, "HTML")
+    if track is not None:
+        # Only the marketer's body is tracked: footer links (unsubscribe, preferences) stay direct.
+        body_html = links_rewrite(html=body_html, track=track)
+    body_text = _render_bounded(TEXT_ENV, text, context, "text")
+    footer = footer or {}
+    try:
+        page = LAYOUT_ENV.get_template(layout).render(
+            body=Markup(body_html), subject=rendered_subject, **footer
+        )
+        text_layout = layout.rsplit(".", 1)[0] + ".txt"
+        full_text = LAYOUT_ENV.get_template(text_layout).render(body=body_text, **footer)
+    except TemplateError as exc:
+        raise RenderError(f"layout {layout}: {exc}") from None
+    page = css_inline.inline(page, load_remote_stylesheets=False)
+    return RenderedEmail(subject=rendered_subject[:500], html=page, text=full_text)
+
+
+def template_validate(*, subject: str, html: str, text: str, layout: str, context: dict) -> None:
+    """Raise RenderError if any part does not compile or does not render with the sample context."""
+    email_render(subject=subject, html=html, text=text, context=context, layout=layout)
+
+
+def sample_context() -> dict:
+    """A plausible customer with two offers, for validation and previews."""
+    offers = [
+        {
+            "name": "Leather case",
+            "sku": "CASE-1",
+            "price": Decimal("29.00"),
+            "currency": "GBP",
+            "category": "accessories",
+            "image_url": "https://shop.example/img/case.jpg",
+            "reason": "Often bought within 2 weeks of the phone you bought on 3 May",
+            "url": "https://shop.example/p/case-1",
+            "accept_url": "https://shop.example/offer/accept",
+            "score": 0.42,
+        },
+        {
+            "name": "Screen protector",
+            "sku": "SCR-1",
+            "price": Decimal("9.99"),
+            "currency": "GBP",
+            "category": "accessories",
+            "image_url": "",
+            "reason": "Popular with customers who bought the same phone",
+            "url": "https://shop.example/p/scr-1",
+            "accept_url": "https://shop.example/offer/accept",
+            "score": 0.31,
+        },
+    ]
+    return {
+        "customer": {
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+            "full_name": "Ada Lovelace",
+            "email": "ada@example.com",
+            "country": "United Kingdom",
+        },
+        "offers": offers,
+        "order": {
+            "external_id": "100234",
+            "placed_at": "2026-05-03",
+            "total": Decimal("799.00"),
+            "products": ["Phone X"],
+        },
+        "campaign": {"name": "Sample campaign"},
+        "offer_page_url": "https://shop.example/offers",
+        "unsubscribe_url": "https://shop.example/unsubscribe",
+        "preferences_url": "https://shop.example/preferences",
+    }
