@@ -182,3 +182,14 @@ class ImportRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} import of {self.filename} ({self.status})"
+
+
+class SuppressedAddress(models.Model):
+    """An erased customer's address, kept only as a hash, so a later import of it is still not mailed."""
+
+    email_hash = models.CharField(max_length=64, unique=True, help_text="sha256 of the lower-cased address")
+    reason = models.CharField(max_length=16, choices=Customer.Suppression.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.email_hash[:12]}… ({self.reason})"
