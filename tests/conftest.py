@@ -18,3 +18,13 @@ def online_retail_dir() -> Path:
 def _outbox_in_tmp(settings, tmp_path):
     settings.EMAIL_FILE_PATH = str(tmp_path / "outbox")
     settings.MODEL_DIR = tmp_path / "models"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_recommender_cache():
+    # The recommender caches its fallback model per process for a few minutes; each test has its own shop.
+    from campaigns.recommender.service import cache_clear
+
+    cache_clear()
+    yield
+    cache_clear()

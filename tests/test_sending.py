@@ -1,0 +1,222 @@
+"""Sending invariants against a real SMTP server: exactly once, suppression, caps, retries, escaping."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from campaigns.lifecycle import campaign_batches, campaign_start, recurring_run
+from campaigns.models import Campaign, Message, Offer
+from campaigns.planning import holdout_bucket
+from campaigns.sending import messages_send, messages_sweep_stuck
+from campaigns.tasks import dispatch, send_batch
+from customers.models import Customer
+
+from .campaign_fixtures import campaign, shop
+from .smtp import SMTPServer
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def smtp(settings):
+    with SMTPServer() as server:
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", server.port
+        settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+        settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+        settings.SEND_RETRY_BASE_SECONDS = 0
+        yield server.recorder
+
+
+@pytest.fixture
+def world():
+    return shop(recipients=6)
+
+
+def _send_all(c: Campaign) -> None:
+    for ids in campaign_batches(campaign=c):
+        messages_send(message_ids=ids)
+
+
+def test_one_off_sends_one_email_per_customer_with_offers_and_headers(world, smtp):
+    c = campaign(template=world["template"], segment=world["segment"])
+    call_command("run_campaign", c.name, verbosity=0)
+    counts = smtp.count_by_recipient()
+    assert counts == {f"r{i}@example.com": 1 for i in range(6)}
+    mail = smtp.to("r0@example.com")[0]
+    assert mail["Subject"] == "Rec0, add-ons for you"
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "<https://" in mail["List-Unsubscribe"] or "<http://" in mail["List-Unsubscribe"]
+    assert "mailto:" in mail["List-Unsubscribe"]
+    assert mail["Message-ID"] and mail["X-Xsell-Campaign"] == str(c.pk)
+    html = (
+        next(p for p in mail.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+    )
+    assert "Leather case" in html and "r0@example.com" not in html.split("<body")[1].split("You receive")[0]
+    assert "https://shop.example/help" not in html  # rewritten to the click tracker
+    offered = Offer.objects.filter(message__customer__external_id="R0").values_list("product__sku", flat=True)
+    assert "CASE" in offered and "PHONE" not in offered  # never offer what the customer owns
+    c.refresh_from_db()
+    assert c.status == Campaign.Status.DONE
+
+
+def test_running_twice_and_duplicate_task_delivery_send_once(world, smtp):
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    batches = campaign_batches(campaign=c)
+    for ids in batches:
+        send_batch(campaign_id=c.pk, message_ids=ids)
+        send_batch(campaign_id=c.pk, message_ids=ids)  # the broker delivered the task twice
+    dispatch(campaign_id=c.pk)
+    with pytest.raises(CommandError, match="is done; nothing to send"):
+        call_command("run_campaign", str(c.pk), verbosity=0)  # and a marketer runs it again
+    assert set(smtp.count_by_recipient().values()) == {1}
+    # One row per recipient; the 30 history customers without consent are recorded as suppressed.
+    assert Message.objects.filter(campaign=c).exclude(skip_reason="suppressed").count() == 6
+    assert Message.objects.filter(campaign=c, skip_reason="suppressed").count() == 30
+
+
+def test_two_beat_ticks_for_the_same_slot_plan_one_run(world, smtp):
+    c = campaign(
+        template=world["template"],
+        segment=world["segment"],
+        kind=Campaign.Kind.RECURRING,
+        status=Campaign.Status.SCHEDULED,
+    )
+    now = timezone.now()
+    recurring_run(campaign=c, now=now)
+    recurring_run(campaign=c, now=now.replace(minute=(now.minute + 1) % 60) if now.minute < 59 else now)
+    assert c.runs.count() == 1
+    _send_all(c)
+    assert set(smtp.count_by_recipient().values()) == {1}
+
+
+def test_unsubscribe_mid_campaign_stops_later_sends(world, smtp):
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    Customer.objects.filter(external_id="R3").update(
+        suppressed_reason="unsubscribed", suppressed_at=timezone.now()
+    )
+    _send_all(c)
+    assert "r3@example.com" not in smtp.count_by_recipient()
+    m = Message.objects.get(campaign=c, customer__external_id="R3")
+    assert (m.status, m.skip_reason) == ("skipped", "suppressed")
+
+
+def test_frequency_cap_across_campaigns(world, smtp):
+    from campaigns.models import FrequencyPolicy
+
+    FrequencyPolicy.objects.filter(is_default=True).update(max_messages=1, window_days=7)
+    campaigns = [
+        campaign(template=world["template"], segment=world["segment"], name=f"C{i}") for i in range(3)
+    ]
+    for c in campaigns:
+        campaign_start(campaign=c, enqueue=False)
+    for c in campaigns:
+        _send_all(c)
+    assert set(smtp.count_by_recipient().values()) == {1}
+    capped = Message.objects.filter(status="skipped", skip_reason="capped").count()
+    assert capped == 2 * 6
+
+
+def test_holdout_members_get_a_row_and_no_email(world, smtp):
+    c = campaign(template=world["template"], segment=world["segment"], holdout_percent=50)
+    call_command("run_campaign", c.name, verbosity=0)
+    held = set(Message.objects.filter(campaign=c, status="holdout").values_list("customer__email", flat=True))
+    expected = {
+        p.email for p in world["recipients"] if holdout_bucket(campaign_id=c.pk, customer_id=p.pk) < 50
+    }
+    assert held == expected
+    assert not held & set(smtp.count_by_recipient())
+    assert len(held) + len(smtp.count_by_recipient()) == 6
+
+
+def test_customer_name_is_escaped_in_html(world, smtp):
+    Customer.objects.filter(external_id="R1").update(first_name="<script>alert(1)</script>")
+    c = campaign(template=world["template"], segment=world["segment"])
+    call_command("run_campaign", c.name, verbosity=0)
+    mail = smtp.to("r1@example.com")[0]
+    html = (
+        next(p for p in mail.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+    )
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+
+
+def test_a_template_failing_for_one_recipient_does_not_stop_the_others(world, smtp):
+    t = world["template"]
+    # Breaks only for first names of length 4 ("Rec0".."Rec5" are all 4; make one different).
+    Customer.objects.filter(external_id="R2").update(first_name="Bo")
+    t.html = "{{ 10 // (customer.first_name|length - 2) }}" + t.html
+    t.save()
+    c = campaign(template=t, segment=world["segment"])
+    call_command("run_campaign", c.name, verbosity=0)
+    assert "r2@example.com" not in smtp.count_by_recipient()
+    assert len(smtp.count_by_recipient()) == 5
+    m = Message.objects.get(campaign=c, customer__external_id="R2")
+    assert m.skip_reason == "render_error" and "ZeroDivisionError" in m.error
+
+
+def test_smtp_451_then_250_delivers_once_and_550_fails_and_suppresses(world, smtp):
+    smtp.script["r0@example.com"].append("451 4.3.0 try again later")
+    smtp.script["r1@example.com"].append("550 5.1.1 no such user")
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    _send_all(c)
+    first = Message.objects.get(campaign=c, customer__external_id="R0")
+    assert first.status == "planned" and first.attempts == 1 and "451" in first.error
+    _send_all(c)  # the retry, due at once with SEND_RETRY_BASE_SECONDS = 0
+    counts = smtp.count_by_recipient()
+    assert counts.get("r0@example.com") == 1
+    assert "r1@example.com" not in counts
+    assert len(counts) == 5  # the rest of the batch went out
+    bounced = Message.objects.get(campaign=c, customer__external_id="R1")
+    assert bounced.status == "failed"
+    assert Customer.objects.get(external_id="R1").suppressed_reason == "bounced"
+
+
+def test_no_offer_above_minimum_score_is_skipped_not_sent_empty(world, smtp):
+    c = campaign(template=world["template"], segment=world["segment"], min_offer_score=1.01)
+    call_command("run_campaign", c.name, verbosity=0)
+    assert smtp.messages == []
+    reasons = Message.objects.filter(campaign=c, customer__in=world["recipients"]).values_list(
+        "skip_reason", flat=True
+    )
+    assert set(reasons) == {"no_offer"}
+
+
+def test_stuck_sending_becomes_uncertain_and_is_never_resent(world, smtp, settings):
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    m = Message.objects.filter(campaign=c, status="planned").first()
+    Message.objects.filter(pk=m.pk).update(
+        status="sending", claimed_at=timezone.now() - timezone.timedelta(hours=1)
+    )
+    assert messages_sweep_stuck() == 1
+    _send_all(c)
+    assert m.customer.email not in smtp.count_by_recipient()
+    assert Message.objects.get(pk=m.pk).status == "uncertain"
+
+
+def test_post_purchase_plans_one_message_per_trigger_order_after_the_delay(world, smtp):
+    c = campaign(
+        template=world["template"],
+        segment=world["segment"],
+        kind=Campaign.Kind.POST_PURCHASE,
+        delay_hours=24,
+        trigger_skus=["PHONE"],
+    )
+    campaign_start(campaign=c, enqueue=False)
+    call_command("run_campaign", c.name, verbosity=0)
+    call_command("run_campaign", c.name, verbosity=0)
+    assert len(smtp.count_by_recipient()) == 6 and set(smtp.count_by_recipient().values()) == {1}
+    assert all(m.trigger_order_id for m in Message.objects.filter(campaign=c))
+
+
+def test_dry_run_sends_nothing(world, smtp, capsys):
+    c = campaign(template=world["template"], segment=world["segment"])
+    call_command("run_campaign", c.name, "--dry-run")
+    out = capsys.readouterr().out
+    assert "audience (segment)" in out and "would be sent: 6" in out
+    assert smtp.messages == [] and not Message.objects.exists()
