@@ -1,10 +1,268 @@
-"""Recipients' endpoints: open pixel, click redirect, offer page, accept, unsubscribe, preferences."""
+"""Recipients' endpoints: open pixel, click redirect, offer page, accept, unsubscribe, preferences.
 
-from django.http import Http404
+Every link carries "<row token>.<hmac of its purpose>" (campaigns.tokens): a tampered, unknown or
+wrong-purpose token is a 404 before any database work, and the pixel answers the same image whatever
+its token. Clicks redirect only to the URL stored for that link. GET and HEAD never change a customer's
+state: accepting and unsubscribing are POSTs behind a confirmation page, except RFC 8058's one-click
+POST, which needs no cookie or CSRF token and answers 200. Open, click and accept links expire
+TRACKING_TOKEN_DAYS (365) after sending; unsubscribe and preference links never do.
+
+The pixel and the click are hot paths: one SELECT and one INSERT each.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_safe
+
+from customers.models import Customer
+
+from .events import click_machine_reason, customer_suppress, event_record, open_machine_reason
+from .models import Event, Message, Offer, TrackedLink
+from .sending import _with_utm, product_url
+from .tokens import purpose_token, purpose_token_check
+
+# The classic 1×1 transparent GIF (43 bytes).
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
+_NO_CACHE = "no-store, no-cache, must-revalidate, max-age=0, private"
 
 
-def _not_yet(request, token):
-    raise Http404("not implemented yet")
+def _private(response: HttpResponse) -> HttpResponse:
+    # Tokens are capabilities: keep them out of caches, search engines and the next site's Referer.
+    response["Cache-Control"] = _NO_CACHE
+    response["Referrer-Policy"] = "no-referrer"
+    response["X-Robots-Tag"] = "noindex, nofollow"
+    return response
 
 
-open_pixel = click = offer_page = accept = unsubscribe = one_click_unsubscribe = preferences = _not_yet
+def _expired(sent_at: dt.datetime | None, created_at: dt.datetime | None, now: dt.datetime) -> bool:
+    start = sent_at or created_at
+    days = getattr(settings, "TRACKING_TOKEN_DAYS", 365)
+    return start is not None and now - start > dt.timedelta(days=days)
+
+
+def _message_row(value: str, purpose: str) -> dict | None:
+    token = purpose_token_check(value, purpose)
+    if token is None:
+        return None
+    return (
+        Message.objects.filter(token=token)
+        .values("pk", "customer_id", "sent_at", "created_at", "token")
+        .first()
+    )
+
+
+def _page(request, template: str, context: dict, status: int = 200) -> HttpResponse:
+    return _private(render(request, template, context, status=status))
+
+
+# ------------------------------------------------------------------------------------------- tracking
+
+
+@require_safe
+def open_pixel(request, token):
+    now = timezone.now()
+    row = _message_row(token, "open")
+    if row is not None and not _expired(row["sent_at"], row["created_at"], now):
+        user_agent = request.META.get("HTTP_USER_AGENT", "")
+        reason = (
+            "head request"
+            if request.method == "HEAD"
+            else open_machine_reason(user_agent=user_agent, address=request.META.get("REMOTE_ADDR", ""))
+        )
+        event_record(
+            kind=Event.Kind.OPEN,
+            message_id=row["pk"],
+            customer_id=row["customer_id"],
+            request=request,
+            machine_reason=reason,
+            occurred_at=now,
+        )
+    response = HttpResponse(PIXEL, content_type="image/gif")
+    response["Pragma"] = "no-cache"
+    response["Expires"] = "0"
+    return _private(response)
+
+
+@require_safe
+def click(request, token):
+    now = timezone.now()
+    link_token = purpose_token_check(token, "click")
+    link = (
+        TrackedLink.objects.filter(token=link_token)
+        .values(
+            "url",
+            "is_honeypot",
+            "message_id",
+            "offer_id",
+            "message__customer_id",
+            "message__sent_at",
+            "message__created_at",
+        )
+        .first()
+        if link_token
+        else None
+    )
+    if link is None or _expired(link["message__sent_at"], link["message__created_at"], now):
+        raise Http404("unknown link")
+    reason = click_machine_reason(
+        method=request.method,
+        user_agent=request.META.get("HTTP_USER_AGENT", ""),
+        is_honeypot=link["is_honeypot"],
+        sent_at=link["message__sent_at"],
+        now=now,
+    )
+    event_record(
+        kind=Event.Kind.CLICK,
+        message_id=link["message_id"],
+        customer_id=link["message__customer_id"],
+        offer_id=link["offer_id"],
+        request=request,
+        machine_reason=reason,
+        occurred_at=now,
+    )
+    # Only the stored URL, never anything from the request.
+    return _private(HttpResponseRedirect(link["url"]))
+
+
+# --------------------------------------------------------------------------------------------- offers
+
+
+def _accept_path(offer: Offer) -> str:
+    return reverse("accept", kwargs={"token": purpose_token(offer.token, "accept")})
+
+
+def _offer_rows(offers: list[Offer]) -> list[dict]:
+    accepted = set(
+        Event.objects.filter(offer__in=offers, kind=Event.Kind.ACCEPT).values_list("offer_id", flat=True)
+    )
+    return [
+        {
+            "name": o.product.name or o.product.sku,
+            "reason": o.reason,
+            "price": o.product.price,
+            "currency": o.product.currency,
+            "image_url": o.product.image_url,
+            "accept_path": _accept_path(o),
+            "accepted": o.pk in accepted,
+        }
+        for o in offers
+    ]
+
+
+@require_safe
+def offer_page(request, token):
+    row = _message_row(token, "offers")
+    if row is None or _expired(row["sent_at"], row["created_at"], timezone.now()):
+        raise Http404("unknown link")
+    offers = list(Offer.objects.filter(message_id=row["pk"]).select_related("product").order_by("rank"))
+    return _page(request, "public/offers.html", {"offers": _offer_rows(offers), "single": False})
+
+
+def accept(request, token):
+    offer_token = purpose_token_check(token, "accept")
+    offer = (
+        Offer.objects.filter(token=offer_token)
+        .select_related("product", "message", "message__campaign")
+        .first()
+        if offer_token
+        else None
+    )
+    now = timezone.now()
+    if offer is None or _expired(offer.message.sent_at, offer.message.created_at, now):
+        raise Http404("unknown link")
+    if request.method in ("GET", "HEAD"):
+        return _page(request, "public/offers.html", {"offers": _offer_rows([offer]), "single": True})
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["GET", "HEAD", "POST"])
+    try:
+        # One acceptance per offer is a partial unique index: a replay or a concurrent POST adds nothing.
+        with transaction.atomic():
+            event_record(
+                kind=Event.Kind.ACCEPT,
+                message_id=offer.message_id,
+                customer_id=offer.message.customer_id,
+                offer_id=offer.pk,
+                request=request,
+                occurred_at=now,
+            )
+    except IntegrityError:
+        pass
+    return _private(HttpResponseRedirect(_with_utm(product_url(offer.product), offer.message.campaign)))
+
+
+# ---------------------------------------------------------------------------------------- unsubscribe
+
+
+def _unsubscribe(request, row: dict, source: str) -> None:
+    now = timezone.now()
+    if customer_suppress(customer_id=row["customer_id"], reason=Customer.Suppression.UNSUBSCRIBED, now=now):
+        event_record(
+            kind=Event.Kind.UNSUBSCRIBE,
+            message_id=row["pk"],
+            customer_id=row["customer_id"],
+            request=request,
+            occurred_at=now,
+            meta={"via": source},
+        )
+
+
+def _done(request, title: str, text: str) -> HttpResponse:
+    return _page(request, "public/done.html", {"title": title, "text": text})
+
+
+_UNSUBSCRIBED = (
+    "You are unsubscribed",
+    "You will not receive further product suggestions from us. Order and service emails are not affected.",
+)
+
+
+def unsubscribe(request, token):
+    row = _message_row(token, "unsubscribe")
+    if row is None:
+        raise Http404("unknown link")
+    if request.method in ("GET", "HEAD"):
+        return _page(request, "public/unsubscribe.html", {})
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["GET", "HEAD", "POST"])
+    _unsubscribe(request, row, "link")
+    return _done(request, *_UNSUBSCRIBED)
+
+
+@csrf_exempt
+def one_click_unsubscribe(request, token):
+    """RFC 8058: the mailbox provider POSTs "List-Unsubscribe=One-Click" with no cookies; answer 200."""
+    row = _message_row(token, "one-click")
+    if row is None:
+        raise Http404("unknown link")
+    if request.method in ("GET", "HEAD"):
+        # Someone opened the header's URL in a browser: confirm first, as with the footer link.
+        return _page(request, "public/unsubscribe.html", {})
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["GET", "HEAD", "POST"])
+    _unsubscribe(request, row, "one-click")
+    return _private(HttpResponse("Unsubscribed.\n", content_type="text/plain; charset=utf-8"))
+
+
+def preferences(request, token):
+    row = _message_row(token, "preferences")
+    if row is None:
+        raise Http404("unknown link")
+    if request.method in ("GET", "HEAD"):
+        subscribed = not Customer.objects.filter(pk=row["customer_id"]).exclude(suppressed_reason="").exists()
+        return _page(request, "public/preferences.html", {"subscribed": subscribed})
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["GET", "HEAD", "POST"])
+    if request.POST.get("choice") == "leave":
+        _unsubscribe(request, row, "preferences")
+        return _done(request, *_UNSUBSCRIBED)
+    return _done(request, "Nothing changed", "You will keep receiving our product suggestions.")

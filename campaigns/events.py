@@ -1,0 +1,208 @@
+"""Recording recipients' events: privacy-preserving request facts and machine-traffic classification.
+
+An event keeps its time, the user agent (at most 500 characters) and a keyed hash of the client's
+network (/24 for IPv4, /48 for IPv6), never the address itself. Machine traffic (privacy proxies that
+prefetch images, link scanners, bots) is recorded but flagged, so human metrics, automations and
+attribution can leave it out with `is_machine=False`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import re
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from customers.models import Customer
+
+from .models import Event, Message
+
+UA_MAX = 500
+
+# Image proxies fetch every image when a mail is delivered or displayed: an open by them is no person.
+# Apple Mail Privacy Protection fetches from Apple's 17.0.0.0/8 with a bare "Mozilla/5.0" agent.
+_PROXY_AGENTS = re.compile(r"GoogleImageProxy|YahooMailProxy|ggpht\.com|Apple-Mail-Proxy", re.IGNORECASE)
+_APPLE_NETWORK = ipaddress.ip_network("17.0.0.0/8")
+
+# Security gateways and crawlers that follow every link of a message before its reader sees it.
+_SCANNER_AGENTS = re.compile(
+    r"bot\b|bot/|spider|crawl|scan|preview|python-requests|python-urllib|aiohttp|httpx|curl/|wget/|"
+    r"go-http-client|java/|okhttp|libwww|headlesschrome|phantomjs|barracuda|proofpoint|mimecast|"
+    r"safelinks|symantec|forcepoint|trendmicro|sophos|fortiguard|cisco|ironport|messagelabs|"
+    r"microsoft office|ms-office|facebookexternalhit|slackbot|whatsapp|skypeuripreview",
+    re.IGNORECASE,
+)
+
+
+def scanner_seconds() -> int:
+    """A click this soon after sending is a gateway scanning the message, not its reader."""
+    return getattr(settings, "TRACKING_SCANNER_SECONDS", 10)
+
+
+def client_facts(request) -> dict:
+    """The request's user agent (truncated) and network hash, ready for Event fields."""
+    return {
+        "user_agent": request.META.get("HTTP_USER_AGENT", "")[:UA_MAX],
+        "ip_hash": ip_hash(request.META.get("REMOTE_ADDR", "")),
+    }
+
+
+def ip_hash(address: str) -> str:
+    """HMAC-SHA256 (keyed with SECRET_KEY) of the address's /24 or /48 network; '' if not an address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return ""
+    network = ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False)
+    return hmac.new(settings.SECRET_KEY.encode(), str(network).encode(), hashlib.sha256).hexdigest()
+
+
+def _in_apple_network(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address) in _APPLE_NETWORK
+    except ValueError:
+        return False
+
+
+def open_machine_reason(*, user_agent: str, address: str) -> str:
+    """Why an open is not a person reading ('' if it may be one)."""
+    if _PROXY_AGENTS.search(user_agent):
+        return "image proxy"
+    if user_agent.strip() == "Mozilla/5.0" or _in_apple_network(address):
+        return "apple mail privacy protection"
+    if not user_agent:
+        return "no user agent"
+    if _SCANNER_AGENTS.search(user_agent):
+        return "scanner agent"
+    return ""
+
+
+def click_machine_reason(
+    *,
+    method: str,
+    user_agent: str,
+    is_honeypot: bool,
+    sent_at: dt.datetime | None,
+    now: dt.datetime,
+) -> str:
+    """Why a click is not a person clicking ('' if it may be one)."""
+    if is_honeypot:
+        return "honeypot link"
+    if method == "HEAD":
+        return "head request"
+    if sent_at is not None and now - sent_at < dt.timedelta(seconds=scanner_seconds()):
+        return "click too soon after delivery"
+    if not user_agent:
+        return "no user agent"
+    if _SCANNER_AGENTS.search(user_agent) or _PROXY_AGENTS.search(user_agent):
+        return "scanner agent"
+    return ""
+
+
+def event_record(
+    *,
+    kind: str,
+    message_id: int,
+    customer_id: int,
+    offer_id: int | None = None,
+    request=None,
+    machine_reason: str = "",
+    occurred_at: dt.datetime | None = None,
+    meta: dict | None = None,
+) -> Event:
+    """One INSERT: the event, with the request's facts when there is a request."""
+    facts = client_facts(request) if request is not None else {}
+    return Event.objects.create(
+        kind=kind,
+        message_id=message_id,
+        offer_id=offer_id,
+        customer_id=customer_id,
+        occurred_at=occurred_at or timezone.now(),
+        is_machine=bool(machine_reason),
+        machine_reason=machine_reason[:100],
+        meta=meta or {},
+        **facts,
+    )
+
+
+def customer_suppress(*, customer_id: int, reason: str, now: dt.datetime | None = None) -> bool:
+    """Suppress a customer unless already suppressed (the first reason stays). True if this changed it."""
+    return bool(
+        Customer.objects.filter(pk=customer_id, suppressed_reason="").update(
+            suppressed_reason=reason, suppressed_at=now or timezone.now()
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------------ ESP events
+
+# anymail's normalised event types → our event kind and the suppression it implies. "deferred" (a
+# temporary failure the ESP retries) and "rejected" (the ESP refused to send) are not bounces.
+_ESP_KINDS = {
+    "delivered": (Event.Kind.DELIVERED, ""),
+    "bounced": (Event.Kind.BOUNCE, Customer.Suppression.BOUNCED),
+    "complained": (Event.Kind.COMPLAINT, Customer.Suppression.COMPLAINED),
+    "unsubscribed": (Event.Kind.UNSUBSCRIBE, Customer.Suppression.UNSUBSCRIBED),
+}
+
+
+def _esp_message(event) -> Message | None:
+    token = (event.metadata or {}).get("xsell_message")
+    if token:
+        found = Message.objects.filter(token=str(token)).only("pk", "customer_id", "error").first()
+        if found is not None:
+            return found
+    message_id = (event.message_id or "").strip().strip("<>")
+    if not message_id:
+        return None
+    return (
+        Message.objects.filter(message_id__in=[message_id, f"<{message_id}>"])
+        .only("pk", "customer_id", "error")
+        .first()
+    )
+
+
+def esp_event_record(*, event, esp_name: str = "") -> Event | None:
+    """Record an ESP's delivered / bounced / complained / unsubscribed event and suppress accordingly.
+
+    Idempotent per ESP event id: webhooks are retried. Events for messages we do not know are ignored.
+    """
+    kind, suppression = _ESP_KINDS.get(event.event_type, (None, ""))
+    if kind is None:
+        return None
+    message = _esp_message(event)
+    if message is None:
+        return None
+    event_id = str(event.event_id or "")
+    if event_id and Event.objects.filter(message=message, kind=kind, meta__esp_event_id=event_id).exists():
+        return None
+    now = timezone.now()
+    with transaction.atomic():
+        if suppression:
+            customer_suppress(customer_id=message.customer_id, reason=suppression, now=now)
+        if kind == Event.Kind.BOUNCE:
+            detail = event.mta_response or event.description or event.reject_reason or "bounced"
+            Message.objects.filter(pk=message.pk).update(error=f"{esp_name} bounce: {detail}"[:2000])
+        return Event.objects.create(
+            kind=kind,
+            message_id=message.pk,
+            customer_id=message.customer_id,
+            occurred_at=event.timestamp or now,
+            user_agent=(event.user_agent or "")[:UA_MAX],
+            meta={
+                "esp": esp_name,
+                "esp_event_id": event_id,
+                "reject_reason": event.reject_reason or "",
+                "description": (event.description or "")[:300],
+            },
+        )
+
+
+def esp_tracking_receiver(sender, event, esp_name, **kwargs) -> None:
+    """anymail.signals.tracking receiver (connected in CampaignsConfig.ready)."""
+    esp_event_record(event=event, esp_name=esp_name)

@@ -1,0 +1,376 @@
+"""Recipients' endpoints: tokens, redirects, the pixel, accept, unsubscribe, preferences, machine traffic."""
+
+import datetime as dt
+import threading
+from decimal import Decimal
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from campaigns.models import Campaign, EmailTemplate, Event, Message, Offer, TrackedLink
+from campaigns.tokens import purpose_token
+from campaigns.tracking import PIXEL
+from customers.models import Customer, Product
+
+HUMAN_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+
+
+def sent_message(*, email="ann@example.com", sent_ago=dt.timedelta(hours=2), status=Message.Status.SENT, n=2):
+    """A customer, a campaign, a sent message with n offers, their tracked links and a honeypot."""
+    now = timezone.now()
+    customer = Customer.objects.create(
+        external_id=f"c-{email}", email=email, first_name="Ann", marketing_consent=True, consent_at=now
+    )
+    template, _ = EmailTemplate.objects.get_or_create(
+        name="t", defaults={"subject": "Hi", "html": "<p>hi</p>", "text": "hi"}
+    )
+    campaign, _ = Campaign.objects.get_or_create(
+        name="Spring", defaults={"template": template, "utm_campaign": "spring"}
+    )
+    message = Message.objects.create(
+        campaign=campaign,
+        customer=customer,
+        status=status,
+        sent_at=now - sent_ago if status == Message.Status.SENT else None,
+    )
+    offers = []
+    for rank in range(1, n + 1):
+        product, _ = Product.objects.get_or_create(
+            sku=f"SKU{rank}",
+            defaults={
+                "name": f"Product {rank}",
+                "price": Decimal("9.50"),
+                "product_url": f"https://shop.example/p/{rank}?ref=mail",
+            },
+        )
+        if status == Message.Status.SENT:
+            offer = Offer.objects.create(
+                message=message, product=product, rank=rank, score=0.5, reason="Goes well"
+            )
+            TrackedLink.objects.create(message=message, offer=offer, url=f"https://shop.example/p/{rank}")
+            offers.append(offer)
+    TrackedLink.objects.create(message=message, url="http://127.0.0.1:8000/", is_honeypot=True)
+    return message, offers
+
+
+def url(name, token, purpose=None):
+    return reverse(name, kwargs={"token": purpose_token(token, purpose or name)})
+
+
+def offer_link(offer):
+    return offer.links.get(is_honeypot=False)
+
+
+@pytest.fixture
+def message():
+    return sent_message()
+
+
+# ------------------------------------------------------------------------------------------ tokens
+
+
+def _bad_tokens(row_token):
+    good = purpose_token(row_token, "click")
+    return [
+        good[:-1] + ("A" if good[-1] != "A" else "B"),  # tampered mac
+        "x" + good,  # tampered row token
+        purpose_token("unknownunknownunknown", "click"),  # well signed, unknown row
+        purpose_token(row_token, "open"),  # wrong purpose
+        row_token,  # no mac at all
+    ]
+
+
+@pytest.mark.django_db
+def test_bad_click_tokens_are_404_and_record_nothing(client, message):
+    msg, offers = message
+    for bad in _bad_tokens(offer_link(offers[0]).token):
+        response = client.get(reverse("track-click", kwargs={"token": bad}), HTTP_USER_AGENT=HUMAN_UA)
+        assert response.status_code == 404, bad
+    assert not Event.objects.exists()
+
+
+@pytest.mark.django_db
+def test_pixel_is_the_same_gif_for_known_unknown_and_tampered_tokens(client, message):
+    msg, _ = message
+    good = purpose_token(msg.token, "open")
+    bad = [good[:-2] + "zz", purpose_token("nosuchmessage", "open"), purpose_token(msg.token, "click")]
+    bodies = []
+    for token in bad:
+        response = client.get(reverse("track-open", kwargs={"token": token}), HTTP_USER_AGENT=HUMAN_UA)
+        assert response.status_code == 200
+        assert response["Content-Type"] == "image/gif"
+        assert "no-store" in response["Cache-Control"]
+        bodies.append(response.content)
+    assert not Event.objects.exists()
+    response = client.get(reverse("track-open", kwargs={"token": good}), HTTP_USER_AGENT=HUMAN_UA)
+    assert bodies == [response.content] * 3 and response.content == PIXEL and len(PIXEL) == 43
+    event = Event.objects.get()
+    assert (event.kind, event.message_id, event.is_machine) == ("open", msg.pk, False)
+    assert event.user_agent == HUMAN_UA and len(event.ip_hash) == 64 and "127.0.0" not in event.ip_hash
+
+
+@pytest.mark.django_db
+def test_click_redirects_to_the_stored_url_only(client, message):
+    msg, offers = message
+    link = offer_link(offers[0])
+    response = client.get(url("track-click", link.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    assert response.status_code == 302
+    assert response["Location"] == "https://shop.example/p/1"
+    event = Event.objects.get()
+    assert (event.kind, event.offer_id, event.is_machine) == ("click", offers[0].pk, False)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "suffix",
+    ["//evil.example", "/https:\\\\evil.example", "?next=https://evil.example", "/../../evil.example"],
+)
+def test_open_redirect_attempts_fail(client, message, suffix):
+    msg, offers = message
+    path = url("track-click", offer_link(offers[0]).token, "click")
+    response = client.get(path + suffix, HTTP_USER_AGENT=HUMAN_UA)
+    if response.status_code == 302:  # a query string is ignored: still the stored URL
+        assert response["Location"] == "https://shop.example/p/1"
+    else:
+        assert response.status_code == 404
+    assert "evil" not in response.get("Location", "")
+
+
+@pytest.mark.django_db
+def test_click_on_an_edited_destination_is_404(client, message):
+    msg, offers = message
+    link = offer_link(offers[0])
+    # A token for a row that is not a link (the message's own token, correctly signed) is unknown.
+    for token in (msg.token, offers[0].token):
+        assert client.get(url("track-click", token, "click")).status_code == 404
+    TrackedLink.objects.filter(pk=link.pk).update(url="https://shop.example/changed")
+    response = client.get(url("track-click", link.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    assert response["Location"] == "https://shop.example/changed"  # the database decides, not the link
+
+
+@pytest.mark.django_db
+def test_expired_tokens_are_404_but_unsubscribe_still_works(client):
+    msg, offers = sent_message(sent_ago=dt.timedelta(days=400))
+    assert client.get(url("track-click", offer_link(offers[0]).token, "click")).status_code == 404
+    assert client.get(url("offers", msg.token)).status_code == 404
+    assert client.post(url("accept", offers[0].token)).status_code == 404
+    assert client.get(url("track-open", msg.token, "open")).content == PIXEL
+    assert not Event.objects.exists()
+    assert client.post(url("unsubscribe", msg.token)).status_code == 200
+    assert Customer.objects.get(pk=msg.customer_id).suppressed_reason == "unsubscribed"
+
+
+# ----------------------------------------------------------------------------------- machine traffic
+
+
+@pytest.mark.django_db
+def test_machine_opens_are_flagged(client, message):
+    msg, _ = message
+    path = url("track-open", msg.token, "open")
+    client.get(path, HTTP_USER_AGENT="Mozilla/5.0")  # Apple MPP prefetch
+    client.get(path, HTTP_USER_AGENT=HUMAN_UA, REMOTE_ADDR="17.58.100.1")  # Apple's proxy network
+    client.get(
+        path,
+        HTTP_USER_AGENT="Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+    )
+    client.get(path, HTTP_USER_AGENT=HUMAN_UA)
+    events = Event.objects.filter(kind="open")
+    assert events.count() == 4
+    assert events.filter(is_machine=False).count() == 1
+    assert set(events.filter(is_machine=True).values_list("machine_reason", flat=True)) == {
+        "apple mail privacy protection",
+        "image proxy",
+    }
+
+
+@pytest.mark.django_db
+def test_scanner_clicks_are_flagged_and_excluded_from_human_counts(client):
+    msg, offers = sent_message()
+    path = url("track-click", offer_link(offers[0]).token, "click")
+    honeypot = TrackedLink.objects.get(message=msg, is_honeypot=True)
+    assert client.head(path, HTTP_USER_AGENT=HUMAN_UA).status_code == 302
+    client.get(path, HTTP_USER_AGENT="Mozilla/5.0 (compatible; Barracuda Sentinel)")
+    client.get(url("track-click", honeypot.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    client.get(path, HTTP_USER_AGENT=HUMAN_UA)
+    clicks = Event.objects.filter(kind="click")
+    assert clicks.count() == 4
+    assert clicks.filter(is_machine=False).count() == 1
+    assert set(clicks.filter(is_machine=True).values_list("machine_reason", flat=True)) == {
+        "head request",
+        "scanner agent",
+        "honeypot link",
+    }
+
+
+@pytest.mark.django_db
+def test_click_seconds_after_delivery_is_a_scanner(client):
+    msg, offers = sent_message(sent_ago=dt.timedelta(seconds=1))
+    client.get(url("track-click", offer_link(offers[0]).token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    event = Event.objects.get()
+    assert event.is_machine and event.machine_reason == "click too soon after delivery"
+
+
+# ---------------------------------------------------------------------------------------- offers
+
+
+@pytest.mark.django_db
+def test_offer_page_shows_offers_and_records_nothing(client, message):
+    msg, offers = message
+    response = client.get(url("offers", msg.token), HTTP_USER_AGENT=HUMAN_UA)
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Product 1" in body and "Product 2" in body and "Goes well" in body
+    assert url("accept", offers[0].token) in body and 'method="post"' in body
+    assert "ann@example.com" not in body
+    assert response["Referrer-Policy"] == "no-referrer"
+    assert not Event.objects.exists()
+
+
+@pytest.mark.django_db
+def test_get_and_head_on_accept_and_unsubscribe_change_nothing(client, message):
+    msg, offers = message
+    for path in (url("accept", offers[0].token), url("unsubscribe", msg.token), url("one-click", msg.token)):
+        assert client.get(path).status_code == 200
+        assert client.head(path).status_code == 200
+    assert not Event.objects.exists()
+    assert Customer.objects.get(pk=msg.customer_id).suppressed_reason == ""
+
+
+@pytest.mark.django_db
+def test_accept_records_once_and_redirects_with_utm(client, message):
+    msg, offers = message
+    path = url("accept", offers[0].token)
+    for _ in range(3):
+        response = client.post(path, HTTP_USER_AGENT=HUMAN_UA)
+        assert response.status_code == 302
+    target = urlsplit(response["Location"])
+    assert (target.netloc, target.path) == ("shop.example", "/p/1")
+    assert parse_qs(target.query) == {
+        "ref": ["mail"],
+        "utm_source": ["xsell"],
+        "utm_medium": ["email"],
+        "utm_campaign": ["spring"],
+    }
+    event = Event.objects.get()
+    assert (event.kind, event.offer_id, event.message_id, event.customer_id) == (
+        "accept",
+        offers[0].pk,
+        msg.pk,
+        msg.customer_id,
+    )
+
+
+@pytest.mark.django_db
+def test_accept_with_wrong_purpose_is_404(client, message):
+    msg, offers = message
+    assert client.post(url("accept", offers[0].token, "offers")).status_code == 404
+    assert client.post(url("accept", msg.token)).status_code == 404  # a message is not an offer
+    assert not Event.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_accepts_record_one_acceptance():
+    msg, offers = sent_message()
+    path = url("accept", offers[0].token)
+    barrier = threading.Barrier(5)
+    statuses = []
+
+    def post():
+        try:
+            barrier.wait()
+            statuses.append(Client().post(path, HTTP_USER_AGENT=HUMAN_UA).status_code)
+        finally:
+            connection.close()  # each thread has its own connection
+
+    threads = [threading.Thread(target=post) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [302] * 5
+    assert Event.objects.filter(kind="accept", offer=offers[0]).count() == 1
+
+
+# ---------------------------------------------------------------------------------- unsubscribe
+
+
+@pytest.mark.django_db
+def test_one_click_without_cookies_or_csrf_suppresses_and_answers_200():
+    msg, _ = sent_message()
+    client = Client(enforce_csrf_checks=True)
+    response = client.post(
+        url("one-click", msg.token),
+        data="List-Unsubscribe=One-Click",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 200 and "Location" not in response
+    customer = Customer.objects.get(pk=msg.customer_id)
+    assert customer.suppressed_reason == "unsubscribed" and customer.suppressed_at is not None
+    assert not customer.is_mailable
+    event = Event.objects.get()
+    assert (event.kind, event.message_id, event.meta["via"]) == ("unsubscribe", msg.pk, "one-click")
+    # A replay keeps the first time and adds no event.
+    assert (
+        client.post(
+            url("one-click", msg.token),
+            data="List-Unsubscribe=One-Click",
+            content_type="application/x-www-form-urlencoded",
+        ).status_code
+        == 200
+    )
+    assert Event.objects.count() == 1
+    assert Customer.objects.get(pk=msg.customer_id).suppressed_at == customer.suppressed_at
+
+
+@pytest.mark.django_db
+def test_unsubscribe_post_needs_csrf_but_one_click_token_does_not_unsubscribe_elsewhere():
+    msg, _ = sent_message()
+    strict = Client(enforce_csrf_checks=True)
+    assert strict.post(url("unsubscribe", msg.token)).status_code == 403
+    # The one-click token is not valid on the footer link and vice versa.
+    assert strict.post(url("one-click", msg.token, "unsubscribe")).status_code == 404
+    assert Customer.objects.get(pk=msg.customer_id).suppressed_reason == ""
+
+
+@pytest.mark.django_db
+def test_unsubscribe_confirmation_then_post(client, message):
+    msg, _ = message
+    page = client.get(url("unsubscribe", msg.token))
+    assert b'method="post"' in page.content and b"csrfmiddlewaretoken" in page.content
+    response = client.post(url("unsubscribe", msg.token))
+    assert response.status_code == 200 and b"You are unsubscribed" in response.content
+    assert Customer.objects.get(pk=msg.customer_id).suppressed_reason == "unsubscribed"
+    assert Event.objects.get().meta["via"] == "link"
+
+
+@pytest.mark.django_db
+def test_preferences_keep_or_leave(client, message):
+    msg, _ = message
+    path = url("preferences", msg.token)
+    assert b'value="leave"' in client.get(path).content
+    assert client.post(path, {"choice": "stay"}).status_code == 200
+    assert Customer.objects.get(pk=msg.customer_id).suppressed_reason == ""
+    assert client.post(path, {"choice": "leave"}).status_code == 200
+    assert Customer.objects.get(pk=msg.customer_id).suppressed_reason == "unsubscribed"
+    assert b'value="leave"' not in client.get(path).content
+
+
+@pytest.mark.django_db
+def test_no_customer_data_in_links(message):
+    msg, offers = message
+    customer = msg.customer
+    for name, token, purpose in [
+        ("track-open", msg.token, "open"),
+        ("offers", msg.token, "offers"),
+        ("accept", offers[0].token, "accept"),
+        ("unsubscribe", msg.token, "unsubscribe"),
+        ("one-click", msg.token, "one-click"),
+        ("preferences", msg.token, "preferences"),
+    ]:
+        path = url(name, token, purpose)
+        assert customer.email not in path and f"/{customer.pk}/" not in path
+        assert customer.external_id not in path
