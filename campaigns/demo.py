@@ -1,0 +1,162 @@
+"""The demo: a ready segment, template and post-purchase campaign, and simulated recipient behaviour.
+
+Everything the simulation creates is flagged (Event.is_simulated, Conversion.is_simulated, orders with
+an external id starting "SIM-"), so reports can say so and nothing is mistaken for real data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+from django.db import transaction
+from django.utils import timezone
+
+from customers.importing import customer_stats_refresh
+from customers.models import Order, OrderLine
+
+from .caps import policy_default
+from .models import Campaign, Conversion, EmailTemplate, Event, Message, Segment
+
+DEMO_CAMPAIGN = "Demo: post-purchase add-ons"
+
+DEMO_HTML = """<h1 style="font-size:22px">Thanks for your order, {{ customer.first_name or "friend" }}!</h1>
+<p>A few things that go well with what you just bought:</p>
+{% for offer in offers %}
+<div class="offer">
+  {% if offer.image_url %}<img src="{{ offer.image_url }}" alt="">{% endif %}
+  <a href="{{ offer.url }}"><strong>{{ offer.name }}</strong></a>
+  {% if offer.price %}<span> {{ offer.price|money(offer.currency) }}</span>{% endif %}
+  <div class="reason">{{ offer.reason }}</div>
+  <p><a class="button" href="{{ offer.accept_url }}">Add to my order</a></p>
+</div>
+{% endfor %}
+<p><a href="{{ offer_page_url }}">See all your offers</a></p>"""
+
+DEMO_TEXT = """Thanks for your order, {{ customer.first_name or "friend" }}!
+
+A few things that go well with what you just bought:
+{% for offer in offers %}
+- {{ offer.name }}{% if offer.price %} ({{ offer.price|money(offer.currency) }}){% endif %}: {{ offer.reason }}
+  {{ offer.url }}
+{% endfor %}
+All your offers: {{ offer_page_url }}"""
+
+
+def demo_campaign_ensure() -> Campaign:
+    """Create (once) the demo's segment, template and post-purchase campaign."""
+    policy_default()
+    segment, _ = Segment.objects.get_or_create(
+        name="Demo: recent buyers",
+        defaults={
+            "description": "Customers with at least one order in the last 60 days.",
+            "rules": {"op": "and", "rules": [{"field": "days_since_last_order", "op": "<=", "value": 60}]},
+        },
+    )
+    template, _ = EmailTemplate.objects.get_or_create(
+        name="Demo: add-ons after a purchase",
+        defaults={
+            "subject": "{{ customer.first_name or 'Hello' }}, these go with your order",
+            "html": DEMO_HTML,
+            "text": DEMO_TEXT,
+        },
+    )
+    campaign, _ = Campaign.objects.get_or_create(
+        name=DEMO_CAMPAIGN,
+        defaults={
+            "kind": Campaign.Kind.POST_PURCHASE,
+            "segment": segment,
+            "template": template,
+            "delay_hours": 24,
+            "trigger_lookback_days": 30,
+            "holdout_percent": 10,
+            "offers_per_email": 3,
+            "is_simulated": True,
+        },
+    )
+    return campaign
+
+
+@transaction.atomic
+def demo_events_simulate(*, campaign: Campaign, seed: int = 7) -> dict[str, int]:
+    """Opens, clicks, acceptances and later purchases for a sent demo campaign, all flagged simulated."""
+    rng = random.Random(seed)
+    counts = {"opens": 0, "clicks": 0, "accepts": 0, "orders": 0}
+    events, new_orders = [], []
+    sent = Message.objects.filter(campaign=campaign, status=Message.Status.SENT).prefetch_related(
+        "offers__product"
+    )
+    for message in sent:
+        base = message.sent_at or timezone.now()
+        if rng.random() < 0.07:  # image proxies pre-fetch the pixel: a machine open, flagged
+            events.append(
+                _event(message, Event.Kind.OPEN, base + dt.timedelta(seconds=2), machine="privacy proxy")
+            )
+        if rng.random() > 0.48:
+            continue
+        events.append(_event(message, Event.Kind.OPEN, base + dt.timedelta(hours=rng.uniform(0.2, 30))))
+        counts["opens"] += 1
+        offers = list(message.offers.all())
+        if not offers or rng.random() > 0.3:
+            continue
+        offer = offers[0] if rng.random() < 0.6 else rng.choice(offers)
+        when = base + dt.timedelta(hours=rng.uniform(1, 48))
+        events.append(_event(message, Event.Kind.CLICK, when, offer=offer))
+        counts["clicks"] += 1
+        if rng.random() < 0.45:
+            events.append(_event(message, Event.Kind.ACCEPT, when + dt.timedelta(minutes=2), offer=offer))
+            counts["accepts"] += 1
+            new_orders.append((message.customer_id, [offer.product], when + dt.timedelta(minutes=10)))
+    # The holdout buys too, less often: the baseline the uplift is measured against.
+    for message in Message.objects.filter(campaign=campaign, status=Message.Status.HOLDOUT).select_related(
+        "trigger_order"
+    ):
+        if rng.random() < 0.05:
+            line = (
+                OrderLine.objects.filter(order__customer_id=message.customer_id)
+                .select_related("product")
+                .first()
+            )
+            if line:
+                new_orders.append(
+                    (message.customer_id, [line.product], message.created_at + dt.timedelta(days=3))
+                )
+    Event.objects.bulk_create(events, ignore_conflicts=True)
+    order_ids = []
+    for i, (customer_id, products, when) in enumerate(new_orders):
+        order = Order.objects.create(
+            external_id=f"SIM-{campaign.pk}-{i}",
+            customer_id=customer_id,
+            placed_at=when,
+            channel=Order.Channel.WEB,
+            total=sum((p.price or 0) for p in products),
+            currency=products[0].currency,
+        )
+        OrderLine.objects.bulk_create(
+            OrderLine(order=order, line_no=n, product=p, quantity=1, unit_price=p.price or 0)
+            for n, p in enumerate(products, start=1)
+        )
+        order_ids.append(order.pk)
+    counts["orders"] = len(order_ids)
+    if order_ids:
+        from .attribution import conversions_attribute
+
+        customer_stats_refresh(customer_ids=sorted({c for c, _, _ in new_orders}))
+        conversions_attribute(order_ids=order_ids)
+        Conversion.objects.filter(order_id__in=order_ids).update(is_simulated=True)
+        Event.objects.filter(kind=Event.Kind.CONVERSION, message__campaign=campaign).update(is_simulated=True)
+    return counts
+
+
+def _event(message: Message, kind: str, when: dt.datetime, offer=None, machine: str = "") -> Event:
+    return Event(
+        kind=kind,
+        message=message,
+        offer=offer,
+        customer_id=message.customer_id,
+        occurred_at=when,
+        user_agent="Demo simulation",
+        is_machine=bool(machine),
+        machine_reason=machine,
+        is_simulated=True,
+    )
