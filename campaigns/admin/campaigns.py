@@ -18,6 +18,7 @@ from ..lifecycle import CampaignStateError, campaign_cancel, campaign_pause, cam
 from ..models import Campaign, CampaignRun, EmailTemplate, FrequencyPolicy, Message, Offer
 from ..recommender import recommend_for_customers
 from ..rendering import RenderError, email_render, sample_context, template_validate
+from .reports import CampaignReportMixin
 
 
 class EmailTemplateForm(forms.ModelForm):
@@ -207,7 +208,7 @@ class CampaignForm(forms.ModelForm):
 
 
 @admin.register(Campaign)
-class CampaignAdmin(admin.ModelAdmin):
+class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
     form = CampaignForm
     list_display = (
         "name",

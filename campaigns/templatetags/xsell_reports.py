@@ -1,0 +1,38 @@
+"""Report formatting filters and the 90-day overview shown on the admin index."""
+
+from django import template
+
+from ..reports import overview_report
+
+register = template.Library()
+
+
+@register.filter
+def pct(value, digits: int = 1) -> str:
+    """0.1234 → '12.3%'; None (nothing to divide by) → '—'."""
+    if value is None:
+        return "—"
+    return f"{value * 100:.{digits}f}%"
+
+
+@register.filter
+def num(value, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+@register.simple_tag(takes_context=True)
+def xsell_overview(context, days: int = 90) -> dict | None:
+    """The last `days` days across campaigns, for users who may view campaigns."""
+    request = context.get("request")
+    if request is None or not request.user.has_perm("campaigns.view_campaign"):
+        return None
+    report = overview_report(days=days)
+    counts = report["counts"]
+    steps = ("audience", "sent", "delivered", "opened", "clicked", "accepted", "converted")
+    report["charts"] = {
+        "daily": report["daily"],
+        "funnel": {"labels": list(steps), "values": [counts[s] for s in steps]},
+    }
+    return report
