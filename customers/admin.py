@@ -99,6 +99,9 @@ class CustomerAdmin(admin.ModelAdmin):
         customer = self.get_object(request, object_id)
         if customer is not None:
             extra_context["timeline"] = customer_timeline(customer=customer)
+            from campaigns.reports import customer_story  # campaigns depends on customers, not back
+
+            extra_context["story"] = customer_story(customer=customer)
         return super().change_view(request, object_id, form_url, extra_context)
 
 
