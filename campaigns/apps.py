@@ -9,6 +9,13 @@ class CampaignsConfig(AppConfig):
         from customers.signals import orders_imported
 
         orders_imported.connect(_plan_for_new_orders, dispatch_uid="campaigns.plan_for_new_orders")
+        orders_imported.connect(_attribute_new_orders, dispatch_uid="campaigns.attribute_new_orders")
+
+        from anymail.signals import tracking
+
+        from .events import esp_tracking_receiver
+
+        tracking.connect(esp_tracking_receiver, dispatch_uid="campaigns.esp_tracking")
 
 
 def _plan_for_new_orders(sender, order_ids, **kwargs):
@@ -16,3 +23,9 @@ def _plan_for_new_orders(sender, order_ids, **kwargs):
 
     # Runs after the import's transaction committed: the task sees the orders.
     plan_post_purchase.delay(order_ids=order_ids)
+
+
+def _attribute_new_orders(sender, order_ids, **kwargs):
+    from .tasks import attribute_orders
+
+    attribute_orders.delay(order_ids=order_ids)

@@ -69,3 +69,19 @@ def tick() -> None:
     plan_post_purchase()
     for campaign_id in Campaign.objects.filter(status=Campaign.Status.SENDING).values_list("pk", flat=True):
         dispatch.delay(campaign_id=campaign_id)
+
+
+@shared_task(name="campaigns.attribute_recent", queue="default", autoretry_for=TRANSIENT, retry_backoff=True)
+def attribute_recent() -> int:
+    """Periodic (beat): attribute recent orders that no import signal covered (e.g. created in the admin)."""
+    from .attribution import conversions_attribute_recent
+
+    return conversions_attribute_recent()
+
+
+@shared_task(name="campaigns.attribute_orders", queue="default", autoretry_for=TRANSIENT, retry_backoff=True)
+def attribute_orders(*, order_ids: list[int]) -> int:
+    """After an import commits: attribute its orders to the messages that earned them."""
+    from .attribution import conversions_attribute
+
+    return conversions_attribute(order_ids=order_ids)

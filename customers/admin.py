@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from .admin_utils import EstimatedCountPaginator
 from .models import Customer, ImportRun, Order, OrderLine, Product
+from .privacy import CustomerPrivacyAdminMixin
 from .selectors import customer_timeline, product_sales_annotations
 
 
@@ -35,7 +36,7 @@ class SuppressedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(CustomerPrivacyAdminMixin, admin.ModelAdmin):
     list_display = (
         "external_id",
         "email",

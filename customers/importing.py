@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from .bulk import bulk_insert, delete_where_in, id_map
 from .models import Customer, ImportRun, Order, OrderLine, Product
+from .privacy import suppressed_addresses_apply
 from .signals import orders_imported
 
 ORDER_COLUMNS = [
@@ -727,6 +728,7 @@ def orders_import(
         order_ids = _write_orders(lines, customer_ids, product_ids, summary, now)
         touched = sorted({customer_ids[c] for c in lines["customer_id"].unique()})
         customer_stats_refresh(customer_ids=touched if len(touched) < 50_000 else None)
+        suppressed_addresses_apply(customer_ids=customer_ids.values())  # erased addresses stay unmailed
         summary.order_ids = order_ids
         if order_ids:
             transaction.on_commit(lambda: orders_imported.send(sender=Order, order_ids=order_ids))
@@ -779,12 +781,13 @@ def customers_import(
     if summary.error_count and not skip_invalid:
         raise ImportFailed(summary.errors, summary.error_count)
     with transaction.atomic():
-        _upsert_customers(
+        customer_ids = _upsert_customers(
             rows.astype(object).where(rows.notna(), ""),
             summary,
             f"import {path.name}"[:100],
             pd.Timestamp(timezone.now()),
         )
+        suppressed_addresses_apply(customer_ids=customer_ids.values())
     return summary
 
 

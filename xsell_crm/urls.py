@@ -7,5 +7,6 @@ admin.site.index_title = "Cross-sell"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("esp/", include("anymail.urls")),
     path("", include("campaigns.urls")),
 ]
