@@ -6,6 +6,7 @@ from django.db import transaction
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.formats import number_format
 
 from .admin_utils import EstimatedCountPaginator
 from .models import Customer, ImportRun, Order, OrderLine, Product
@@ -145,7 +146,8 @@ class ProductAdmin(admin.ModelAdmin):
 
     @admin.display(description="revenue", ordering="revenue")
     def revenue(self, obj):
-        return obj.revenue
+        # SQLite hands back a whole-number sum as an int: show money with two decimals everywhere.
+        return number_format(obj.revenue, decimal_pos=2)
 
 
 class UploadForm(forms.Form):

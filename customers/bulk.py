@@ -41,7 +41,6 @@ def bulk_insert(model: type[models.Model], frame: pd.DataFrame) -> int:
     """Insert every row of frame into model's table; returns the number of rows."""
     if frame.empty:
         return 0
-    frame = _prepare(frame)
     table = connection.ops.quote_name(model._meta.db_table)
     cols = ", ".join(connection.ops.quote_name(c) for c in frame.columns)
     with connection.cursor() as cursor:
@@ -51,12 +50,14 @@ def bulk_insert(model: type[models.Model], frame: pd.DataFrame) -> int:
             if text:
                 # An unquoted empty field is NULL in COPY csv; blank text columns must stay ''.
                 options += ", FORCE_NOT_NULL (" + ", ".join(connection.ops.quote_name(c) for c in text) + ")"
-            for part in _slices(frame, 200_000):
-                buffer = io.StringIO()
-                part.to_csv(buffer, header=False, index=False)
-                with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN WITH ({options})") as copy:
+            with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN WITH ({options})") as copy:
+                # Small slices: the server parses and indexes one while the next is being formatted.
+                for part in _slices(frame, 25_000):
+                    buffer = io.StringIO()
+                    _prepare(part).to_csv(buffer, header=False, index=False)
                     copy.write(buffer.getvalue())
         else:
+            frame = _prepare(frame)
             marks = ", ".join(["%s"] * len(frame.columns))
             rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
             cursor.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", list(rows))

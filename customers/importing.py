@@ -13,6 +13,7 @@ import zoneinfo
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
@@ -155,8 +156,14 @@ def _read_chunks(
         raise ImportFailed([RowError(name, 0, "", "file not found")])
     stream = _open_text(path, on_bytes)
     try:
+        # Blank lines are kept (and dropped below) so that a row's index still gives its line number.
         reader = pd.read_csv(
-            stream, dtype=str, keep_default_na=False, chunksize=chunksize, skipinitialspace=False
+            stream,
+            dtype=str,
+            na_filter=False,  # every field is text; a missing one is ''
+            chunksize=chunksize,
+            skipinitialspace=False,
+            skip_blank_lines=False,
         )
         first = True
         for chunk in reader:
@@ -174,7 +181,11 @@ def _read_chunks(
                 if col not in chunk.columns:
                     chunk[col] = ""
             for col in required + optional:
-                chunk[col] = chunk[col].str.strip()
+                chunk[col] = _strip(chunk[col])
+            maybe_blank = chunk[required[0]] == ""
+            if maybe_blank.any():
+                blank = maybe_blank & (chunk[required + optional] == "").all(axis=1)
+                chunk = chunk.loc[~blank]
             yield chunk
         if first:
             raise ImportFailed([RowError(name, 1, "", "the file is empty (a header line is required)")])
@@ -188,6 +199,69 @@ def _read_chunks(
         raise ImportFailed([RowError(name, 0, "", f"cannot be read: {exc}")]) from None
     finally:
         stream.close()
+
+
+# Element-wise str methods called from C: several times faster than the .str accessor on object columns.
+_str_strip = np.frompyfunc(str.strip, 1, 1)
+_str_len = np.frompyfunc(len, 1, 1)
+_str_endswith = np.frompyfunc(str.endswith, 2, 1)
+_str_startswith = np.frompyfunc(str.startswith, 2, 1)
+_str_find = np.frompyfunc(str.find, 2, 1)
+_str_rfind = np.frompyfunc(str.rfind, 2, 1)
+
+
+def _scalar(value) -> np.ndarray:
+    """value as one object for a ufunc argument (a tuple would otherwise broadcast as an array)."""
+    out = np.empty((), dtype=object)
+    out[()] = value
+    return out
+
+
+def _strip(values: pd.Series) -> pd.Series:
+    return pd.Series(_str_strip(values.to_numpy(dtype=object)), index=values.index, dtype=object)
+
+
+def _starts_with(values: pd.Series, prefixes: tuple[str, ...]) -> pd.Series:
+    return pd.Series(
+        _str_startswith(values.to_numpy(dtype=object), _scalar(prefixes)).astype(bool), index=values.index
+    )
+
+
+def _has_offset(values: np.ndarray) -> np.ndarray:
+    """'…Z', '…+01:00' or '…-05:00' (a date's own dashes come before position 10)."""
+    return (
+        _str_endswith(values, _scalar(("Z", "z"))).astype(bool)
+        | (_str_find(values, "+").astype(np.int64) >= 0)
+        | (_str_rfind(values, "-").astype(np.int64) > 9)
+    )
+
+
+def _longer_than(values: pd.Series, limit: int) -> pd.Series:
+    return pd.Series(_str_len(values.to_numpy(dtype=object)).astype(np.int64) > limit, index=values.index)
+
+
+def _not_matching(values: pd.Series, pattern: str) -> pd.Series:
+    """Non-empty values that do not match pattern (empty means "not given" and is checked elsewhere)."""
+    given = values != ""
+    if not given.any():
+        return given
+    matched = values[given].str.match(pattern).astype(bool)
+    return (~matched).reindex(values.index, fill_value=False)
+
+
+def _parse_datetimes(values: pd.Series) -> pd.Series:
+    """ISO 8601 to UTC; naive values are UTC. NaT where unparseable.
+
+    pandas applies the offset of an earlier value to a later naive one when both kinds are parsed
+    together, so values with an explicit offset are parsed on their own.
+    """
+    aware = pd.Series(_has_offset(values.to_numpy(dtype=object)), index=values.index)
+    if not aware.any() or aware.all():
+        return pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True)
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    out[aware] = pd.to_datetime(values[aware], format="ISO8601", errors="coerce", utc=True)
+    out[~aware] = pd.to_datetime(values[~aware], format="ISO8601", errors="coerce", utc=True)
+    return out
 
 
 def _line_from_parser_error(exc: Exception) -> int:
@@ -228,7 +302,7 @@ def _validate_order_chunk(chunk: pd.DataFrame, name: str, summary: ImportSummary
         _reject(summary, name, chunk, empty, col, "is empty")
         bad |= empty
 
-    placed = pd.to_datetime(chunk["ordered_at"], format="ISO8601", errors="coerce", utc=True)
+    placed = _parse_datetimes(chunk["ordered_at"])
     bad_date = placed.isna()
     _reject(summary, name, chunk, bad_date, "ordered_at", lambda v: f"{v!r} is not an ISO 8601 date-time")
     bad |= bad_date
@@ -243,7 +317,7 @@ def _validate_order_chunk(chunk: pd.DataFrame, name: str, summary: ImportSummary
     _reject(summary, name, chunk, bad_price, "unit_price", lambda v: f"{v!r} is not a number")
     bad |= bad_price
 
-    bad_email = (chunk["email"] != "") & ~chunk["email"].str.match(EMAIL_RE)
+    bad_email = _not_matching(chunk["email"], EMAIL_RE)
     _reject(summary, name, chunk, bad_email, "email", lambda v: f"{v!r} is not an email address")
     bad |= bad_email
 
@@ -254,21 +328,22 @@ def _validate_order_chunk(chunk: pd.DataFrame, name: str, summary: ImportSummary
         ("product_name", 255),
         ("category", 100),
     ):
-        too_long = chunk[col].str.len() > limit
+        too_long = _longer_than(chunk[col], limit)
         _reject(summary, name, chunk, too_long, col, f"longer than {limit} characters")
         bad |= too_long
 
-    good = chunk.loc[~bad].copy()
-    good["placed_at"] = placed[~bad]
-    good["quantity"] = quantity[~bad].astype(np.int64)
-    good["unit_price"] = price[~bad].round(2)
-    good["line"] = good.index + 2
-
-    guest = good["customer_id"] == ""
+    price = price.round(2)
+    guest = ~bad & (chunk["customer_id"] == "")
     summary.skipped["guest checkout (no customer_id)"] += int(guest.sum())
-    adjustment = good["unit_price"] < 0
-    summary.skipped["negative price (adjustment)"] += int((adjustment & ~guest).sum())
-    return good.loc[~guest & ~adjustment]
+    adjustment = ~bad & ~guest & (price < 0)
+    summary.skipped["negative price (adjustment)"] += int(adjustment.sum())
+    keep = ~(bad | guest | adjustment)
+    good = chunk.loc[keep].copy()
+    good["placed_at"] = placed[keep]
+    good["quantity"] = quantity[keep].astype(np.int64)
+    good["unit_price"] = price[keep]
+    good["line"] = good.index + 2
+    return good
 
 
 def _check_order_consistency(lines: pd.DataFrame, name: str, summary: ImportSummary) -> pd.DataFrame:
@@ -330,29 +405,59 @@ def _keys_before(existing: dict[str, int], new: pd.DataFrame) -> set[str]:
     return set(existing) - set(new["customer_id"])
 
 
+def _stored(model, key: str, keys, columns: list[str]) -> pd.DataFrame:
+    """The stored columns of the rows whose key is in keys, indexed by key, read in batches."""
+    keys, parts = list(keys), []
+    for begin in range(0, len(keys), 10_000):
+        rows = model.objects.filter(**{f"{key}__in": keys[begin : begin + 10_000]}).values_list(key, *columns)
+        parts.append(pd.DataFrame.from_records(list(rows), columns=[key, *columns]))
+    return pd.concat(parts).set_index(key) if parts else pd.DataFrame(columns=columns)
+
+
+def _flags(values: pd.Series) -> pd.Series:
+    """True/False where the file said so, None where it did not."""
+    return values.map(lambda v: bool(v) if isinstance(v, bool | np.bool_) else None).astype(object)
+
+
+CUSTOMER_TEXT_FIELDS = ["email", "first_name", "last_name", "country", "timezone"]
+
+
 def _update_existing_customers(frame: pd.DataFrame, source: str, now) -> int:
-    given = frame.set_index("customer_id")
-    changed = []
-    fields = ["email", "first_name", "last_name", "country", "timezone"]
-    for customer in Customer.objects.filter(external_id__in=list(given.index)).iterator(chunk_size=5000):
-        row = given.loc[customer.external_id]
-        dirty = False
-        for name in fields:
-            value = row.get(name, "")
-            value = value.lower() if name == "email" else value
-            if value and getattr(customer, name) != value:
-                setattr(customer, name, value)
-                dirty = True
-        consent = row.get("marketing_consent")
-        if isinstance(consent, bool | np.bool_) and bool(consent) != customer.marketing_consent:
-            customer.marketing_consent = bool(consent)
-            customer.consent_at, customer.consent_source = now, source
-            dirty = True
-        if dirty:
-            customer.updated_at = now
-            changed.append(customer)
+    """A field given in the file replaces the stored one; a blank field leaves it alone. Vectorised."""
+    consent_fields = ["marketing_consent", "consent_at", "consent_source"]
+    stored = _stored(
+        Customer, "external_id", frame["customer_id"], ["pk", *CUSTOMER_TEXT_FIELDS, *consent_fields]
+    )
+    if stored.empty:
+        return 0
+    given = frame.set_index("customer_id").reindex(stored.index)
+    merged, dirty = stored.copy(), pd.Series(False, index=stored.index)
+    for name in CUSTOMER_TEXT_FIELDS:
+        value = given[name].fillna("").astype(str) if name in given else pd.Series("", index=stored.index)
+        value = value.str.lower() if name == "email" else value
+        take = (value != "") & (value != stored[name])
+        merged[name] = stored[name].where(~take, value)
+        dirty |= take
+    consent = _flags(given["marketing_consent"]) if "marketing_consent" in given else None
+    if consent is not None:
+        flip = consent.notna() & (consent != stored["marketing_consent"])
+        merged["marketing_consent"] = stored["marketing_consent"].astype(object).where(~flip, consent)
+        merged["consent_at"] = stored["consent_at"].astype(object).where(~flip, now.to_pydatetime())
+        merged["consent_source"] = stored["consent_source"].where(~flip, source)
+        dirty |= flip
+    changed = [
+        Customer(
+            pk=row.pk,
+            **{name: getattr(row, name) for name in CUSTOMER_TEXT_FIELDS},
+            marketing_consent=bool(row.marketing_consent),
+            consent_at=row.consent_at if not pd.isna(row.consent_at) else None,
+            consent_source=row.consent_source,
+            updated_at=now.to_pydatetime(),
+        )
+        for row in merged.loc[dirty].itertuples()
+    ]
     Customer.objects.bulk_update(
-        changed, [*fields, "marketing_consent", "consent_at", "consent_source", "updated_at"], batch_size=2000
+        changed, [*CUSTOMER_TEXT_FIELDS, *consent_fields, "updated_at"], batch_size=2000
     )
     return len(changed)
 
@@ -383,41 +488,55 @@ def _upsert_products(frame: pd.DataFrame, summary: ImportSummary, now, fill_only
         existing.update(id_map(Product, "sku", new["sku"]))
     summary.counts["products_created"] += len(new)
 
-    given = frame.loc[~frame["sku"].isin(new["sku"])].set_index("sku")
-    changed = []
-    text_fields = ["name", "category", "currency", "product_url", "image_url"]
-    for product in Product.objects.filter(sku__in=list(given.index)).iterator(chunk_size=5000):
-        row = given.loc[product.sku]
-        dirty = False
-        for name in text_fields:
-            value = row[name]
-            if value and getattr(product, name) != value and not (fill_only and getattr(product, name)):
-                setattr(product, name, value)
-                dirty = True
-        price = row["price"]
-        if not pd.isna(price) and (
-            product.price is None or (not fill_only and float(product.price) != price)
-        ):
-            product.price = round(float(price), 2)
-            dirty = True
-        for name in ("active", "repurchasable"):
-            value = row[name]
-            if (
-                not fill_only
-                and value is not None
-                and not pd.isna(value)
-                and getattr(product, name) != bool(value)
-            ):
-                setattr(product, name, bool(value))
-                dirty = True
-        if dirty:
-            product.updated_at = now
-            changed.append(product)
-    Product.objects.bulk_update(
-        changed, [*text_fields, "price", "active", "repurchasable", "updated_at"], batch_size=2000
+    summary.counts["products_updated"] += _update_existing_products(
+        frame.loc[~frame["sku"].isin(new["sku"])], now, fill_only
     )
-    summary.counts["products_updated"] += len(changed)
     return existing
+
+
+PRODUCT_TEXT_FIELDS = ["name", "category", "currency", "product_url", "image_url"]
+
+
+def _update_existing_products(frame: pd.DataFrame, now, fill_only: bool) -> int:
+    flag_fields = ["active", "repurchasable"]
+    stored = _stored(Product, "sku", frame["sku"], ["pk", *PRODUCT_TEXT_FIELDS, "price", *flag_fields])
+    if stored.empty:
+        return 0
+    given = frame.set_index("sku").reindex(stored.index)
+    merged, dirty = stored.copy(), pd.Series(False, index=stored.index)
+    for name in PRODUCT_TEXT_FIELDS:
+        value = given[name].fillna("").astype(str)
+        take = (value != "") & (value != stored[name])
+        if fill_only:
+            take &= stored[name] == ""
+        merged[name] = stored[name].where(~take, value)
+        dirty |= take
+    price = pd.to_numeric(given["price"], errors="coerce").round(2)
+    stored_price = pd.to_numeric(stored["price"].astype(object), errors="coerce")
+    take = price.notna() & (stored_price.isna() | ((stored_price != price) & (not fill_only)))
+    merged["price"] = merged["price"].astype(object).where(~take, price.map(lambda v: Decimal(f"{v:.2f}")))
+    dirty |= take
+    if not fill_only:
+        for name in flag_fields:
+            value = _flags(given[name])
+            take = value.notna() & (value != stored[name])
+            merged[name] = merged[name].astype(object).where(~take, value)
+            dirty |= take
+    changed = [
+        Product(
+            pk=row.pk,
+            **{name: getattr(row, name) for name in PRODUCT_TEXT_FIELDS},
+            price=row.price if not pd.isna(row.price) else None,
+            active=bool(row.active),
+            repurchasable=bool(row.repurchasable),
+            updated_at=now.to_pydatetime(),
+        )
+        for row in merged.loc[dirty].itertuples()
+    ]
+    Product.objects.bulk_update(
+        changed, [*PRODUCT_TEXT_FIELDS, "price", *flag_fields, "updated_at"], batch_size=2000
+    )
+    return len(changed)
 
 
 def _order_hashes(lines: pd.DataFrame) -> pd.Series:
@@ -443,7 +562,9 @@ def _write_orders(
     product_ids: dict[str, int],
     summary: ImportSummary,
     now,
-) -> list[int]:
+) -> tuple[list[int], set[int]]:
+    if lines.empty:
+        return [], set()
     lines = lines.copy()
     lines["line_no"] = lines.groupby("order_id", sort=False).cumcount() + 1
     lines["amount"] = lines["quantity"] * lines["unit_price"]
@@ -458,15 +579,13 @@ def _write_orders(
             "content_hash": _order_hashes(lines),
         }
     )
-    known = {}
+    known, owners = {}, {}
     for start in range(0, len(orders), 10_000):
         part = list(orders.index[start : start + 10_000])
-        known.update(
-            (ext, (pk, h))
-            for ext, pk, h in Order.objects.filter(external_id__in=part).values_list(
-                "external_id", "pk", "content_hash"
-            )
-        )
+        for ext, pk, h, owner in Order.objects.filter(external_id__in=part).values_list(
+            "external_id", "pk", "content_hash", "customer_id"
+        ):
+            known[ext], owners[ext] = (pk, h), owner
     is_known = orders.index.isin(list(known.keys()))
     unchanged = np.array(
         [known[e][1] == h if e in known else False for e, h in orders["content_hash"].items()]
@@ -475,6 +594,8 @@ def _write_orders(
     summary.counts["orders_unchanged"] += int(unchanged.sum())
 
     changed_ids = [known[e][0] for e in orders.index[changed]]
+    # An order that moved to another customer changes its former owner's lifetime figures too.
+    previous_owners = {owners[e] for e in orders.index[changed]}
     if changed_ids:
         delete_where_in(OrderLine, "order_id", changed_ids)
         replaced = orders.loc[changed]
@@ -527,7 +648,9 @@ def _write_orders(
         ),
     )
     summary.counts["order_lines_written"] += len(to_insert)
-    return list(order_pks.values())
+    # Lifetime figures change for the owners of written orders, and for an order's former owner.
+    owners_now = set(orders.loc[~unchanged, "customer_id"].map(customer_ids).astype(int))
+    return list(order_pks.values()), owners_now | previous_owners
 
 
 def customer_stats_refresh(*, customer_ids: list[int] | None = None) -> None:
@@ -574,7 +697,7 @@ def _validate_customers_file(path: Path, summary: ImportSummary, chunksize: int,
         summary.counts["customer_rows_read"] += len(chunk)
         bad = chunk["customer_id"] == ""
         _reject(summary, name, chunk, bad, "customer_id", "is empty")
-        bad_email = (chunk["email"] != "") & ~chunk["email"].str.match(EMAIL_RE)
+        bad_email = _not_matching(chunk["email"], EMAIL_RE)
         _reject(summary, name, chunk, bad_email, "email", lambda v: f"{v!r} is not an email address")
         consent = _parse_bool(chunk["marketing_consent"])
         bad_consent = (chunk["marketing_consent"] != "") & consent.isna()
@@ -607,7 +730,7 @@ def _validate_products_file(path: Path, summary: ImportSummary, chunksize: int, 
             _reject(summary, name, chunk, wrong, col, lambda v: f"{v!r} is not yes/no")
             bad |= wrong
         for col in ("product_url", "image_url"):
-            wrong = (chunk[col] != "") & ~chunk[col].str.match(URL_RE)
+            wrong = _not_matching(chunk[col], URL_RE)
             _reject(summary, name, chunk, wrong, col, lambda v: f"{v!r} is not an http(s) URL")
             bad |= wrong
         bad = bad | bad_price
@@ -626,8 +749,12 @@ def _write_complements(
     products: pd.DataFrame, product_ids: dict[str, int], name: str, summary: ImportSummary
 ) -> None:
     through = Product.complements.through
+    listed = products.loc[products["complements"] != ""]
+    wanted = {sku.strip() for text in listed["complements"] for sku in re.split(r"[|;]", text)}
+    # A complement may be a product already in the catalogue rather than one in this file.
+    product_ids = {**id_map(Product, "sku", sorted(wanted - set(product_ids) - {""})), **product_ids}
     pairs = []
-    for row in products.loc[products["complements"] != ""].itertuples():
+    for row in listed.itertuples():
         for sku in re.split(r"[|;]", row.complements):
             sku = sku.strip()
             if not sku:
@@ -685,7 +812,7 @@ def orders_import(
     summary.skipped["exact duplicate line"] += int(duplicate.sum())
     lines = lines.loc[~duplicate]
 
-    is_return = lines["order_id"].str.upper().str.startswith("C") | (
+    is_return = _starts_with(lines["order_id"], ("C", "c")) | (
         lines.groupby("order_id", sort=False)["quantity"].transform("max") < 0
     )
     stray_negative = ~is_return & (lines["quantity"] < 0)
@@ -725,9 +852,9 @@ def orders_import(
             if summary.error_count and not skip_invalid:
                 raise ImportFailed(summary.errors, summary.error_count)
 
-        order_ids = _write_orders(lines, customer_ids, product_ids, summary, now)
-        touched = sorted({customer_ids[c] for c in lines["customer_id"].unique()})
-        customer_stats_refresh(customer_ids=touched if len(touched) < 50_000 else None)
+        order_ids, touched = _write_orders(lines, customer_ids, product_ids, summary, now)
+        if touched:
+            customer_stats_refresh(customer_ids=sorted(touched) if len(touched) < 50_000 else None)
         suppressed_addresses_apply(customer_ids=customer_ids.values())  # erased addresses stay unmailed
         summary.order_ids = order_ids
         if order_ids:
