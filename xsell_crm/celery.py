@@ -12,5 +12,6 @@ app.autodiscover_tasks()
 # campaigns' own schedules, where the admin can see and pause them.
 app.conf.beat_schedule = {
     "campaigns-tick": {"task": "campaigns.tick", "schedule": 60.0},
+    "attribution-recent": {"task": "campaigns.attribute_recent", "schedule": 15 * 60.0},
     "recommender-nightly": {"task": "campaigns.train_recommender", "schedule": crontab(minute=30, hour=2)},
 }
