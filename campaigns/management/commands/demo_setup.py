@@ -17,9 +17,12 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         if "setup_roles" in _commands():
             call_command("setup_roles", verbosity=0)
-        if not ModelVersion.objects.filter(is_active=True).exists():
+        if "train_recommender" in _commands() and not ModelVersion.objects.filter(is_active=True).exists():
             self.stdout.write("training the recommender on the demo shop…")
-            call_command("train_recommender", "--activate", verbosity=opts["verbosity"])
+            call_command("train_recommender", verbosity=opts["verbosity"])
+            latest = ModelVersion.objects.first()
+            if latest and not ModelVersion.objects.filter(is_active=True).exists():
+                ModelVersion.objects.filter(pk=latest.pk).update(is_active=True)
         campaign = demo_campaign_ensure()
         if not campaign.messages.filter(status=Message.Status.SENT).exists():
             call_command("run_campaign", str(campaign.pk), verbosity=opts["verbosity"])
