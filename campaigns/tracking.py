@@ -86,6 +86,7 @@ def open_pixel(request, token):
             request=request,
             machine_reason=reason,
             occurred_at=now,
+            durable=False,
         )
     response = HttpResponse(PIXEL, content_type="image/gif")
     response["Pragma"] = "no-cache"
@@ -129,6 +130,7 @@ def click(request, token):
         request=request,
         machine_reason=reason,
         occurred_at=now,
+        durable=False,
     )
     # Only the stored URL, never anything from the request.
     return _private(HttpResponseRedirect(link["url"]))

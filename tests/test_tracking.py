@@ -274,6 +274,8 @@ def test_accept_with_wrong_purpose_is_404(client, message):
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_accepts_record_one_acceptance():
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's in-memory test database fails concurrent writers at once (table locked)")
     msg, offers = sent_message()
     path = url("accept", offers[0].token)
     barrier = threading.Barrier(5)
@@ -283,6 +285,8 @@ def test_concurrent_accepts_record_one_acceptance():
         try:
             barrier.wait()
             statuses.append(Client().post(path, HTTP_USER_AGENT=HUMAN_UA).status_code)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            statuses.append(repr(exc))
         finally:
             connection.close()  # each thread has its own connection
 
