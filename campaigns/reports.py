@@ -30,13 +30,16 @@ of the last 90 days); nothing loops over messages in Python. Definitions (also p
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
-from decimal import Decimal
 
+import pandas as pd
 from django.conf import settings
+from django.core.cache import cache
+from django.db import connection, transaction
 from django.db.models import Case, Count, F, Max, Min, Q, Sum, Value, When
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.functions import TruncDate
 from django.urls import reverse
 from django.utils import timezone
 from scipy import stats
@@ -69,69 +72,180 @@ def _ratio(num, den) -> float | None:
     return float(num) / float(den) if den else None
 
 
-def funnel(*, scope: dict) -> dict:
-    """Counts of each funnel step for the scope's messages, in three aggregate queries."""
-    statuses = Message.objects.filter(_scoped(scope)).aggregate(
-        audience=Count("pk"),
-        holdout=Count("pk", filter=Q(status=HOLDOUT)),
-        suppressed=Count("pk", filter=Q(status=Message.Status.SKIPPED, skip_reason="suppressed")),
-        capped=Count("pk", filter=Q(status=Message.Status.SKIPPED, skip_reason="capped")),
-        skipped_other=Count(
-            "pk",
-            filter=Q(status=Message.Status.SKIPPED) & ~Q(skip_reason__in=["suppressed", "capped"]),
-        ),
-        failed=Count("pk", filter=Q(status=Message.Status.FAILED)),
-        uncertain=Count("pk", filter=Q(status=Message.Status.UNCERTAIN)),
-        pending=Count("pk", filter=Q(status__in=[Message.Status.PLANNED, Message.Status.SENDING])),
-        sent=Count("pk", filter=Q(status=SENT)),
+@contextlib.contextmanager
+def _report_session():
+    """One transaction for the report's queries; on PostgreSQL with room to hash in memory and no JIT.
+
+    The per-message aggregates of a million-message campaign need ~100 MB of hash tables; with the
+    default 4 MB work_mem they spill to disk, and JIT compilation costs more than it saves here.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL work_mem = '256MB'")
+                cursor.execute("SET LOCAL jit = off")
+        yield
+
+
+def _day(value) -> str | None:
+    # PostgreSQL returns dates, SQLite text; raw rows are not converted by the ORM.
+    return str(value)[:10] if value is not None else None
+
+
+def _wrap(queryset, select: str, group_by: str = "") -> list[tuple]:
+    """Aggregate over a grouped queryset in SQL: SELECT <select> FROM (<queryset>) t [GROUP BY ...]."""
+    sql, params = queryset.query.sql_with_params()
+    tail = f" GROUP BY {group_by}" if group_by else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {select} FROM ({sql}) t{tail}", params)
+        return cursor.fetchall()
+
+
+def message_summary(*, scope: dict) -> dict:
+    """Counts by status and skip reason, and sends per day, in one pass over the scope's messages."""
+    rows = (
+        Message.objects.filter(_scoped(scope))
+        .annotate(day=TruncDate("sent_at"))
+        .values_list("status", "skip_reason", "day", "is_simulated")
+        .annotate(n=Count("pk"))
+        .order_by()
     )
-    human = Q(is_machine=False)
+    frame = pd.DataFrame(list(rows), columns=["status", "skip_reason", "day", "simulated", "n"])
+    by_status = frame.groupby("status")["n"].sum()
+    skipped = frame[frame["status"] == Message.Status.SKIPPED].groupby("skip_reason")["n"].sum()
+    sent = frame[frame["status"] == SENT]
+    count = lambda series, key: int(series.get(key, 0))  # noqa: E731
+    return {
+        "audience": int(frame["n"].sum()),
+        "holdout": count(by_status, HOLDOUT),
+        "suppressed": count(skipped, "suppressed"),
+        "capped": count(skipped, "capped"),
+        "skipped_other": count(by_status, Message.Status.SKIPPED)
+        - count(skipped, "suppressed")
+        - count(skipped, "capped"),
+        "failed": count(by_status, Message.Status.FAILED),
+        "uncertain": count(by_status, Message.Status.UNCERTAIN),
+        "pending": count(by_status, Message.Status.PLANNED) + count(by_status, Message.Status.SENDING),
+        "sent": count(by_status, SENT),
+        "sent_by_day": {_day(k): int(v) for k, v in sent.groupby("day")["n"].sum().items()},
+        "simulated": bool(frame["simulated"].any()),
+    }
+
+
+def event_summary(*, scope: dict) -> dict:
+    """Funnel steps from events: one row per sent message (flags and first days), summed in SQL."""
     kinds = Event.Kind
-    # One row per sent message with events (flags), then summed: a message counts once per step.
+    opened = Q(kind__in=[kinds.OPEN, kinds.CLICK], is_machine=False)
+    clicked = Q(kind=kinds.CLICK, is_machine=False)
+    accepted = Q(kind=kinds.ACCEPT)
     per_message = (
         Event.objects.filter(_scoped(scope, "message__"), message__status=SENT)
         .values("message_id")
         .annotate(
             d=_flag(Q(kind=kinds.DELIVERED)),
             b=_flag(Q(kind=kinds.BOUNCE)),
-            o=_flag(Q(kind__in=[kinds.OPEN, kinds.CLICK]) & human),
-            c=_flag(Q(kind=kinds.CLICK) & human),
-            a=_flag(Q(kind=kinds.ACCEPT)),
+            o=_flag(opened),
+            c=_flag(clicked),
+            a=_flag(accepted),
             u=_flag(Q(kind=kinds.UNSUBSCRIBE)),
             x=_flag(Q(kind=kinds.COMPLAINT)),
+            s=_flag(Q(is_simulated=True)),
+            o_day=Min(TruncDate("occurred_at"), filter=opened),
+            c_day=Min(TruncDate("occurred_at"), filter=clicked),
+            a_day=Min(TruncDate("occurred_at"), filter=accepted),
         )
         .order_by()
     )
-    events = per_message.aggregate(
-        delivered_events=Coalesce(Sum("d"), 0),
-        delivered_not_bounced=Coalesce(Sum(Case(When(d=1, b=0, then=Value(1)), default=Value(0))), 0),
-        bounced=Coalesce(Sum("b"), 0),
-        opened=Coalesce(Sum("o"), 0),
-        clicked=Coalesce(Sum("c"), 0),
-        accepted=Coalesce(Sum("a"), 0),
-        unsubscribed=Coalesce(Sum("u"), 0),
-        complained=Coalesce(Sum("x"), 0),
-    )
-    conv = Conversion.objects.filter(_scoped(scope, "message__")).aggregate(
-        converted=Count("message", distinct=True, filter=_recipient_conversion()),
-        holdout_converted=Count("message", distinct=True, filter=_holdout_conversion()),
-    )
-    if events["delivered_events"]:
-        delivered, delivered_source = events["delivered_not_bounced"], "ESP delivered events"
-    else:
-        delivered, delivered_source = statuses["sent"] - events["bounced"], "sent minus bounced"
+    sums = "SUM(d), SUM(CASE WHEN d = 1 AND b = 0 THEN 1 ELSE 0 END), SUM(b), SUM(o), SUM(c), SUM(a), SUM(u), SUM(x), MAX(s)"
+    columns = ["o_day", "c_day", "a_day", "n", "d", "db", "b", "o", "c", "a", "u", "x", "s"]
+    rows = _wrap(per_message, f"o_day, c_day, a_day, COUNT(*), {sums}", "o_day, c_day, a_day")
+    frame = pd.DataFrame(rows, columns=columns)
+    totals = {k: int(frame[k].fillna(0).astype(float).sum()) for k in columns[3:]}
+
+    def per_day(column: str) -> dict:
+        days = frame.dropna(subset=[column])
+        return {_day(k): int(v) for k, v in days.groupby(column)["n"].sum().items()}
+
     return {
-        **statuses,
-        "delivered": delivered,
-        "delivered_source": delivered_source,
-        "bounced": events["bounced"],
-        "opened": events["opened"],
-        "clicked": events["clicked"],
-        "accepted": events["accepted"],
-        "unsubscribed": events["unsubscribed"],
-        "complained": events["complained"],
-        **conv,
+        "delivered_events": totals["d"],
+        "delivered_not_bounced": totals["db"],
+        "bounced": totals["b"],
+        "opened": totals["o"],
+        "clicked": totals["c"],
+        "accepted": totals["a"],
+        "unsubscribed": totals["u"],
+        "complained": totals["x"],
+        "simulated": bool(totals["s"]),
+        "opens_by_day": per_day("o_day"),
+        "clicks_by_day": per_day("c_day"),
+        "accepts_by_day": per_day("a_day"),
     }
+
+
+def conversion_summary(*, scope: dict) -> dict:
+    """Converted messages, revenue and its sum of squares per group (for Welch), conversions per day."""
+    per_message = (
+        Conversion.objects.filter(_scoped(scope, "message__"))
+        .filter(_recipient_conversion() | _holdout_conversion())
+        .values("message_id", "is_holdout")
+        .annotate(r=Sum("revenue"), day=Min(TruncDate("order__placed_at")), s=_flag(Q(is_simulated=True)))
+        .order_by()
+    )
+    rows = _wrap(per_message, "is_holdout, day, COUNT(*), SUM(r), SUM(r * r), MAX(s)", "is_holdout, day")
+    frame = pd.DataFrame(rows, columns=["holdout", "day", "n", "r", "rr", "s"])
+    frame[["r", "rr"]] = frame[["r", "rr"]].astype(float)
+    frame["holdout"] = frame["holdout"].astype(bool)
+    rec, hold = frame[~frame["holdout"]], frame[frame["holdout"]]
+    return {
+        "converted": int(rec["n"].sum()),
+        "holdout_converted": int(hold["n"].sum()),
+        "revenue": float(rec["r"].sum()),
+        "revenue_sq": float(rec["rr"].sum()),
+        "holdout_revenue": float(hold["r"].sum()),
+        "holdout_revenue_sq": float(hold["rr"].sum()),
+        "conversions_by_day": {_day(k): int(v) for k, v in rec.groupby("day")["n"].sum().items()},
+        "simulated": bool(frame["s"].fillna(0).astype(int).any()),
+    }
+
+
+def funnel(*, messages: dict, events: dict, conversions: dict) -> dict:
+    """The funnel counts from the three summaries; delivered from ESP events when there are any."""
+    if events["delivered_events"]:
+        delivered, source = events["delivered_not_bounced"], "ESP delivered events"
+    else:
+        delivered, source = messages["sent"] - events["bounced"], "sent minus bounced"
+    steps = (
+        "audience",
+        "holdout",
+        "suppressed",
+        "capped",
+        "skipped_other",
+        "failed",
+        "uncertain",
+        "pending",
+        "sent",
+    )
+    return {
+        **{k: messages[k] for k in steps},
+        "delivered": delivered,
+        "delivered_source": source,
+        **{k: events[k] for k in ("bounced", "opened", "clicked", "accepted", "unsubscribed", "complained")},
+        "converted": conversions["converted"],
+        "holdout_converted": conversions["holdout_converted"],
+    }
+
+
+def daily_series(*, messages: dict, events: dict, conversions: dict) -> dict:
+    """Per day: sends, and messages first opened, clicked, accepted (by people) and converted."""
+    series = {
+        "sent": messages["sent_by_day"],
+        "opens": events["opens_by_day"],
+        "clicks": events["clicks_by_day"],
+        "accepts": events["accepts_by_day"],
+        "conversions": conversions["conversions_by_day"],
+    }
+    days = sorted(set().union(*series.values()))
+    return {"days": days, **{k: [v.get(d, 0) for d in days] for k, v in series.items()}}
 
 
 def _recipient_conversion() -> Q:
@@ -158,25 +272,6 @@ def funnel_rates(counts: dict) -> dict:
         "complaint_rate": _ratio(counts["complained"], delivered),
         "bounce_rate": _ratio(counts["bounced"], counts["sent"]),
     }
-
-
-def revenue(*, scope: dict) -> dict:
-    """Revenue of each group with the sum and sum of squares of per-message revenue (for Welch)."""
-    per_message = (
-        Conversion.objects.filter(_scoped(scope, "message__"))
-        .filter(_recipient_conversion() | _holdout_conversion())
-        .values("message_id", "is_holdout")
-        .annotate(r=Sum("revenue"))
-        .order_by()
-    )
-    square = F("r") * F("r")
-    sums = per_message.aggregate(
-        revenue=Coalesce(Sum(Case(When(is_holdout=False, then=F("r")))), Decimal(0)),
-        revenue_sq=Coalesce(Sum(Case(When(is_holdout=False, then=square))), Decimal(0)),
-        holdout_revenue=Coalesce(Sum(Case(When(is_holdout=True, then=F("r")))), Decimal(0)),
-        holdout_revenue_sq=Coalesce(Sum(Case(When(is_holdout=True, then=square))), Decimal(0)),
-    )
-    return {key: float(value) for key, value in sums.items()}
 
 
 def window_orders(*, scope: dict, status: str) -> dict:
@@ -287,39 +382,6 @@ def _verdict(result: dict, diff: float, low: float, high: float, smallest: int) 
     return {**result, "diff": diff, "low": low, "high": high, "significant": significant, "verdict": verdict}
 
 
-def daily_series(*, scope: dict, since: dt.datetime | None = None) -> dict:
-    """Per day: sends, human opens and clicks, acceptances and conversions (events counted)."""
-    sent = Message.objects.filter(_scoped(scope), status=SENT)
-    events = Event.objects.filter(_scoped(scope, "message__")).filter(
-        Q(kind__in=[Event.Kind.OPEN, Event.Kind.CLICK], is_machine=False) | Q(kind=Event.Kind.ACCEPT)
-    )
-    conversions = Conversion.objects.filter(_scoped(scope, "message__"), _recipient_conversion())
-    if since is not None:
-        sent = sent.filter(sent_at__gte=since)
-        events = events.filter(occurred_at__gte=since)
-        conversions = conversions.filter(order__placed_at__gte=since)
-    rows: dict[dt.date, dict] = {}
-
-    def put(pairs, key):
-        for day, n in pairs:
-            rows.setdefault(day, {})[key] = n
-
-    put(sent.annotate(day=TruncDate("sent_at")).values_list("day").annotate(n=Count("pk")).order_by(), "sent")
-    for kind in (Event.Kind.OPEN, Event.Kind.CLICK, Event.Kind.ACCEPT):
-        by_day = events.filter(kind=kind).annotate(day=TruncDate("occurred_at"))
-        put(by_day.values_list("day").annotate(n=Count("pk")).order_by(), f"{kind}s")
-    put(
-        conversions.annotate(day=TruncDate("order__placed_at"))
-        .values_list("day")
-        .annotate(n=Count("message", distinct=True))
-        .order_by(),
-        "conversions",
-    )
-    days = sorted(rows)
-    keys = ("sent", "opens", "clicks", "accepts", "conversions")
-    return {"days": [d.isoformat() for d in days], **{k: [rows[d].get(k, 0) for d in days] for k in keys}}
-
-
 def top_products(*, scope: dict, limit: int = 10) -> list[dict]:
     """Offered products by acceptances and revenue, with the model version that chose them."""
     where = _scoped(scope, "message__")
@@ -371,24 +433,21 @@ def _offered(where: Q, keys: list) -> list:
     )
 
 
-def has_simulated(*, scope: dict) -> bool:
-    return (
-        Message.objects.filter(_scoped(scope), is_simulated=True).exists()
-        or Event.objects.filter(_scoped(scope, "message__"), is_simulated=True).exists()
-        or Conversion.objects.filter(_scoped(scope, "message__"), is_simulated=True).exists()
-    )
-
-
-def scope_report(*, scope: dict, since: dt.datetime | None = None) -> dict:
+def scope_report(*, scope: dict) -> dict:
     """Every metric of a scope of messages: the body of a campaign report and of the overview."""
-    counts = funnel(scope=scope)
-    money = revenue(scope=scope)
+    with _report_session():
+        messages = message_summary(scope=scope)
+        events = event_summary(scope=scope)
+        money = conversion_summary(scope=scope)
+        recipients_orders = window_orders(scope=scope, status=SENT)
+        holdout_orders = window_orders(scope=scope, status=HOLDOUT)
+        recipient_customers = Customer.objects.filter(
+            pk__in=Message.objects.filter(_scoped(scope), status=SENT).values("customer_id")
+        )
+        clv = lifetime_value(customers=recipient_customers)
+        products = top_products(scope=scope)
+    counts = funnel(messages=messages, events=events, conversions=money)
     sent, holdout = counts["sent"], counts["holdout"]
-    recipients_orders = window_orders(scope=scope, status=SENT)
-    holdout_orders = window_orders(scope=scope, status=HOLDOUT)
-    recipient_customers = Customer.objects.filter(
-        pk__in=Message.objects.filter(_scoped(scope), status=SENT).values("customer_id")
-    )
     return {
         "counts": counts,
         "rates": funnel_rates(counts),
@@ -399,7 +458,7 @@ def scope_report(*, scope: dict, since: dt.datetime | None = None) -> dict:
         "revenue_per_recipient": _ratio(money["revenue"], sent),
         "revenue_per_holdout": _ratio(money["holdout_revenue"], holdout),
         "orders": {"recipients": recipients_orders, "holdout": holdout_orders},
-        "clv": lifetime_value(customers=recipient_customers),
+        "clv": clv,
         "uplift_conversion": uplift_proportion(
             x1=counts["converted"], n1=sent, x2=counts["holdout_converted"], n2=holdout
         ),
@@ -411,21 +470,44 @@ def scope_report(*, scope: dict, since: dt.datetime | None = None) -> dict:
             ss2=money["holdout_revenue_sq"],
             n2=holdout,
         ),
-        "daily": daily_series(scope=scope, since=since),
-        "top_products": top_products(scope=scope),
-        "simulated": has_simulated(scope=scope),
+        "daily": daily_series(messages=messages, events=events, conversions=money),
+        "top_products": products,
+        "simulated": messages["simulated"] or events["simulated"] or money["simulated"],
         "attribution_days": attribution_window().days,
     }
 
 
-def campaign_report(*, campaign: Campaign) -> dict:
-    return {"campaign": campaign, **scope_report(scope={"campaign": campaign.pk})}
+def _cached(key: str, compute, refresh: bool) -> dict:
+    """A report from the cache unless older than REPORT_CACHE_SECONDS or refresh is asked for.
+
+    A million-message campaign takes seconds to aggregate; the page shows when its figures were
+    computed and offers a recompute, so a marketer reloading the page does not rescan the tables.
+    """
+    report = None if refresh else cache.get(key)
+    if report is None:
+        report = {**compute(), "computed_at": timezone.now()}
+        cache.set(key, report, getattr(settings, "REPORT_CACHE_SECONDS", 600))
+    return report
 
 
-def overview_report(*, days: int = 90, now: dt.datetime | None = None) -> dict:
-    """The last `days` days across campaigns: messages created since then, and their daily series."""
-    since = (now or timezone.now()) - dt.timedelta(days=days)
-    report = scope_report(scope={"created_at__gte": since}, since=since)
+def campaign_report(*, campaign: Campaign, cached: bool = False, refresh: bool = False) -> dict:
+    """The campaign's report; with cached, reuse one computed in the last REPORT_CACHE_SECONDS."""
+    if not cached:
+        return {
+            "campaign": campaign,
+            **scope_report(scope={"campaign": campaign.pk}),
+            "computed_at": timezone.now(),
+        }
+    compute = lambda: scope_report(scope={"campaign": campaign.pk})  # noqa: E731
+    return {"campaign": campaign, **_cached(f"xsell:report:campaign:{campaign.pk}", compute, refresh)}
+
+
+def overview_report(*, days: int = 90, cached: bool = False, refresh: bool = False) -> dict:
+    """The last `days` days across campaigns: messages created since then."""
+    if cached:
+        return _cached(f"xsell:report:overview:{days}", lambda: overview_report(days=days), refresh)
+    since = timezone.now() - dt.timedelta(days=days)
+    report = scope_report(scope={"created_at__gte": since})
     by_campaign = list(
         Campaign.objects.filter(messages__created_at__gte=since)
         .annotate(
@@ -435,7 +517,7 @@ def overview_report(*, days: int = 90, now: dt.datetime | None = None) -> dict:
         .order_by("-first")
         .values("pk", "name", "status", "sent")[:20]
     )
-    return {**report, "days": days, "since": since, "campaigns": by_campaign}
+    return {**report, "days": days, "since": since, "campaigns": by_campaign, "computed_at": timezone.now()}
 
 
 def customer_story(*, customer: Customer, limit: int = 100) -> list[dict]:

@@ -144,7 +144,7 @@ class CampaignReportMixin:
 
     def report_view(self, request, pk):
         campaign = self._campaign(request, pk)
-        report = campaign_report(campaign=campaign)
+        report = campaign_report(campaign=campaign, cached=True, refresh=bool(request.GET.get("refresh")))
         counts = report["counts"]
         steps = ("audience", "sent", "delivered", "opened", "clicked", "accepted", "converted")
         charts = {

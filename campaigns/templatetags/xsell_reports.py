@@ -28,7 +28,7 @@ def xsell_overview(context, days: int = 90) -> dict | None:
     request = context.get("request")
     if request is None or not request.user.has_perm("campaigns.view_campaign"):
         return None
-    report = overview_report(days=days)
+    report = overview_report(days=days, cached=True)
     counts = report["counts"]
     steps = ("audience", "sent", "delivered", "opened", "clicked", "accepted", "converted")
     report["charts"] = {
