@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
+import json
 import re
 
 from django.conf import settings
@@ -136,12 +137,40 @@ def event_record(
     )
     if durable or connection.vendor != "postgresql":
         event.save(force_insert=True)
-        return event
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        event.save(force_insert=True)
+    else:
+        _insert_async_commit(event)
     return event
+
+
+_ASYNC_FIELDS = [
+    "kind",
+    "message_id",
+    "offer_id",
+    "customer_id",
+    "occurred_at",
+    "user_agent",
+    "ip_hash",
+    "is_machine",
+    "machine_reason",
+    "is_simulated",
+    "meta",
+]
+
+
+def _insert_async_commit(event: Event) -> None:
+    # One statement, one round trip, its own transaction: set_config(..., is_local=true) turns off the
+    # wait for the WAL flush for this statement's commit only.
+    values = [getattr(event, name) for name in _ASYNC_FIELDS]
+    values[-1] = json.dumps(values[-1])
+    columns = ", ".join(_ASYNC_FIELDS)
+    placeholders = ", ".join(["%s"] * (len(values) - 1) + ["%s::jsonb"])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {Event._meta.db_table} ({columns}) SELECT {placeholders} "
+            "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit RETURNING id",
+            values,
+        )
+        event.pk = cursor.fetchone()[0]
 
 
 def customer_suppress(*, customer_id: int, reason: str, now: dt.datetime | None = None) -> bool:

@@ -85,3 +85,7 @@ def attribute_orders(*, order_ids: list[int]) -> int:
     from .attribution import conversions_attribute
 
     return conversions_attribute(order_ids=order_ids)
+
+
+# Celery autodiscovers campaigns.tasks only: importing registers the nightly training task too.
+from .recommender.tasks import train_recommender  # noqa: E402, F401

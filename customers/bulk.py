@@ -64,6 +64,28 @@ def bulk_insert(model: type[models.Model], frame: pd.DataFrame) -> int:
     return len(frame)
 
 
+def bulk_insert_keyed(model: type[models.Model], frame: pd.DataFrame, key: str) -> dict[str, int]:
+    """Insert the rows of frame and return {natural key: primary key} for them.
+
+    On PostgreSQL the primary keys are taken from the table's sequence first and inserted with the
+    rows, which saves reading every inserted row back by its natural key.
+    """
+    if frame.empty:
+        return {}
+    pk = model._meta.pk.column
+    if _is_postgres():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+                [model._meta.db_table, pk, len(frame)],
+            )
+            ids = np.fromiter((row[0] for row in cursor.fetchall()), dtype=np.int64, count=len(frame))
+        bulk_insert(model, frame.assign(**{pk: ids}))
+        return dict(zip(frame[key].tolist(), ids.tolist(), strict=True))
+    bulk_insert(model, frame)
+    return id_map(model, key, frame[key])
+
+
 def _slices(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
     for start in range(0, len(frame), size):
         yield frame.iloc[start : start + size]

@@ -22,7 +22,7 @@ import pandas as pd
 from django.db import connection, transaction
 from django.utils import timezone
 
-from .bulk import bulk_insert, delete_where_in, id_map
+from .bulk import bulk_insert, bulk_insert_keyed, delete_where_in, id_map
 from .models import Customer, ImportRun, Order, OrderLine, Product
 from .privacy import suppressed_addresses_apply
 from .signals import orders_imported
@@ -264,6 +264,14 @@ def _parse_datetimes(values: pd.Series) -> pd.Series:
     return out
 
 
+def _parse_quantities(values: pd.Series) -> pd.Series:
+    """Numbers (NaN where not a number); whole numbers, the usual case, by a fast integer cast."""
+    try:
+        return pd.Series(values.to_numpy(dtype=object).astype(np.int64), index=values.index)
+    except (ValueError, TypeError, OverflowError):
+        return pd.to_numeric(values, errors="coerce")
+
+
 def _line_from_parser_error(exc: Exception) -> int:
     match = re.search(r"line (\d+)", str(exc))
     return int(match.group(1)) if match else 0
@@ -307,7 +315,7 @@ def _validate_order_chunk(chunk: pd.DataFrame, name: str, summary: ImportSummary
     _reject(summary, name, chunk, bad_date, "ordered_at", lambda v: f"{v!r} is not an ISO 8601 date-time")
     bad |= bad_date
 
-    quantity = pd.to_numeric(chunk["quantity"], errors="coerce")
+    quantity = _parse_quantities(chunk["quantity"])
     bad_qty = quantity.isna() | (quantity != quantity.round()) | (quantity == 0)
     _reject(summary, name, chunk, bad_qty, "quantity", lambda v: f"{v!r} is not a non-zero whole number")
     bad |= bad_qty
@@ -391,8 +399,7 @@ def _upsert_customers(frame: pd.DataFrame, summary: ImportSummary, source: str, 
                 "updated_at": now,
             }
         )
-        bulk_insert(Customer, rows)
-        existing.update(id_map(Customer, "external_id", new["customer_id"]))
+        existing.update(bulk_insert_keyed(Customer, rows, "external_id"))
     summary.counts["customers_created"] += len(new)
 
     old = frame.loc[frame["customer_id"].isin(_keys_before(existing, new))]
@@ -484,8 +491,7 @@ def _upsert_products(frame: pd.DataFrame, summary: ImportSummary, now, fill_only
                 "updated_at": now,
             }
         )
-        bulk_insert(Product, rows)
-        existing.update(id_map(Product, "sku", new["sku"]))
+        existing.update(bulk_insert_keyed(Product, rows, "sku"))
     summary.counts["products_created"] += len(new)
 
     summary.counts["products_updated"] += _update_existing_products(
@@ -611,7 +617,7 @@ def _write_orders(
     summary.counts["orders_updated"] += int(changed.sum())
 
     new = orders.loc[~is_known]
-    bulk_insert(
+    new_pks = bulk_insert_keyed(
         Order,
         pd.DataFrame(
             {
@@ -626,6 +632,7 @@ def _write_orders(
                 "created_at": now,
             }
         ).astype({"placed_at": "datetime64[ns, UTC]"}),
+        "external_id",
     )
     summary.counts["orders_created"] += len(new)
     summary.counts["returns_recorded"] += int(
@@ -633,7 +640,7 @@ def _write_orders(
     )
 
     written = orders.index[~unchanged]
-    order_pks = id_map(Order, "external_id", written)
+    order_pks = {**{e: known[e][0] for e in orders.index[changed]}, **new_pks}
     to_insert = lines.loc[lines["order_id"].isin(written)]
     bulk_insert(
         OrderLine,
@@ -808,7 +815,13 @@ def orders_import(
             ImportRun.objects.filter(pk=import_run.pk).update(rows_read=summary.counts["rows_read"])
     lines = pd.concat(frames, ignore_index=True)
 
-    duplicate = lines.duplicated(subset=ORDER_COLUMNS + ORDER_OPTIONAL, keep="first")
+    # Only lines sharing order, product and quantity can be exact duplicates: compare all columns there.
+    candidate = lines.duplicated(subset=["order_id", "sku", "quantity"], keep=False).to_numpy()
+    duplicate = np.zeros(len(lines), dtype=bool)
+    if candidate.any():
+        duplicate[candidate] = (
+            lines.loc[candidate].duplicated(subset=ORDER_COLUMNS + ORDER_OPTIONAL).to_numpy()
+        )
     summary.skipped["exact duplicate line"] += int(duplicate.sum())
     lines = lines.loc[~duplicate]
 

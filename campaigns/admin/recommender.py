@@ -1,1 +1,58 @@
-"""Admin for recommender."""
+"""Admin for recommender model versions: list, inspect, activate."""
+
+from django.contrib import admin, messages
+
+from ..models import ModelVersion
+from ..recommender.service import model_version_activate
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "trained_at",
+        "algorithm",
+        "data_start",
+        "data_end",
+        "validation_recall",
+        "is_active",
+    ]
+    list_filter = ["is_active", "algorithm"]
+    readonly_fields = [
+        "trained_at",
+        "data_start",
+        "data_end",
+        "algorithm",
+        "params",
+        "metrics",
+        "artefact",
+        "is_active",
+    ]
+    fields = [
+        "trained_at",
+        "data_start",
+        "data_end",
+        "algorithm",
+        "params",
+        "metrics",
+        "artefact",
+        "is_active",
+        "notes",
+    ]
+    actions = ["activate"]
+
+    def has_add_permission(self, request):
+        return False  # versions come from train_recommender / the nightly task
+
+    @admin.display(description="explore recall@10 (validation)")
+    def validation_recall(self, obj):
+        value = (obj.metrics or {}).get("validation", {}).get("explore", {}).get("explore_recall@10")
+        return f"{value:.3f}" if isinstance(value, float) else "—"
+
+    @admin.action(description="Activate the selected version (scoring uses it from now on)")
+    def activate(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
+            return
+        version = model_version_activate(version=queryset.get())
+        self.message_user(request, f"{version} is now active.", messages.SUCCESS)

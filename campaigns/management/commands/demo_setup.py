@@ -19,7 +19,7 @@ class Command(BaseCommand):
             call_command("setup_roles", verbosity=0)
         if "train_recommender" in _commands() and not ModelVersion.objects.filter(is_active=True).exists():
             self.stdout.write("training the recommender on the demo shop…")
-            call_command("train_recommender", verbosity=opts["verbosity"])
+            call_command("train_recommender", "--activate", verbosity=opts["verbosity"])
             latest = ModelVersion.objects.first()
             if latest and not ModelVersion.objects.filter(is_active=True).exists():
                 ModelVersion.objects.filter(pk=latest.pk).update(is_active=True)

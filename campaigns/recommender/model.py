@@ -1,0 +1,335 @@
+"""The ranking model: time-split training examples, model selection on a validation period, scoring.
+
+Each cutoff c gives examples (customer, candidate) with features from history before c and label =
+bought the candidate in [c, c + horizon). The most recent cutoff is the validation period that picks the
+algorithm and its hyper-parameters; the chosen one is then refitted on every cutoff. Negatives are
+subsampled for speed and the predicted odds corrected by the sampling rate, so scores stay
+probabilities (of buying the product within the horizon, for a customer who buys again).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .candidates import ItemStats, item_stats_fit
+from .features import FEATURES, candidates_build, features_build, profiles_build, sources_compute
+from .metrics import rank_top, ranking_metrics
+
+log = logging.getLogger(__name__)
+
+COMPLEMENT_PRIOR = 0.3
+CANDIDATES = {"train": 50, "score": 30}
+GRID = [
+    (
+        "hist_gradient_boosting",
+        {"learning_rate": 0.1, "max_leaf_nodes": 15, "max_iter": 120, "min_samples_leaf": 50},
+    ),
+    (
+        "hist_gradient_boosting",
+        {"learning_rate": 0.1, "max_leaf_nodes": 31, "max_iter": 120, "min_samples_leaf": 200},
+    ),
+    ("logistic_regression", {"C": 1.0}),
+]
+
+
+@dataclass
+class Recommender:
+    stats: ItemStats
+    classifier: object | None
+    product_ids: np.ndarray  # item index -> Product pk, as catalogued at training time
+    neg_rate: float = 1.0
+    explore_classifier: object | None = None
+    explore_neg_rate: float = 1.0
+    algorithm: str = "fallback"
+    params: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    features: list[str] = field(default_factory=lambda: list(FEATURES))
+
+    def predict(self, x: np.ndarray, sources: dict[str, np.ndarray]) -> np.ndarray:
+        if self.classifier is None:
+            return fallback_scores(sources)
+        new = x[:, FEATURES.index("owned")] == 0
+        out = np.zeros(len(x))
+        for mask, model, rate in (
+            (new, self.explore_classifier, self.explore_neg_rate),
+            (~new, self.classifier, self.neg_rate),
+        ):
+            if mask.any():
+                p = (model or self.classifier).predict_proba(x[mask])[:, 1]
+                odds = p / np.maximum(1.0 - p, 1e-9) * rate
+                out[mask] = odds / (1.0 + odds)
+        # The marketer's complements carry knowledge the history may not have: lift them explicitly.
+        return out + (1.0 - out) * COMPLEMENT_PRIOR * np.minimum(sources["complement"], 1.0)
+
+
+def fallback_scores(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """Without a trained model: a fixed blend of the normalised sources, squashed into [0, 1)."""
+    raw = (
+        cols["complement"]
+        + cols["co_anchor"]
+        + 0.5 * cols["co_recent"]
+        + 0.5 * cols["seq_anchor"]
+        + 0.25 * cols["seq_recent"]
+        + 0.25 * cols["cust_recent"]
+        + 0.02 * np.exp(cols["pop_30"] - cols["pop_30"].max() if len(cols["pop_30"]) else 0)
+    )
+    return raw / (1.0 + raw)
+
+
+def _make(algorithm: str, params: dict, seed: int):
+    if algorithm == "hist_gradient_boosting":
+        return HistGradientBoostingClassifier(random_state=seed, early_stopping=False, **params)
+    return make_pipeline(
+        SimpleImputer(strategy="median", add_indicator=True),
+        StandardScaler(),
+        LogisticRegression(max_iter=500, **params),
+    )
+
+
+@dataclass
+class ExampleSet:
+    pairs: pd.DataFrame  # r, item, label
+    x: np.ndarray
+    truth: pd.DataFrame  # r, item bought in the horizon
+    owned: pd.DataFrame  # r, item owned before the cutoff
+    n_customers: int
+
+
+def examples_build(
+    *,
+    lines: pd.DataFrame,
+    catalogue,
+    cutoff: float,
+    horizon_days: float,
+    max_customers: int,
+    rng: np.random.Generator,
+    per_source: int = CANDIDATES["train"],
+) -> ExampleSet | None:
+    t = lines["t"].to_numpy()
+    before = lines.loc[t < cutoff]
+    after = lines.loc[(t >= cutoff) & (t < cutoff + horizon_days) & ~lines["returned"].to_numpy()]
+    known = before.loc[~before["returned"].to_numpy(), "customer"].unique()
+    customers = np.intersect1d(known, after["customer"].unique())
+    if len(customers) < 5:
+        return None
+    if len(customers) > max_customers:
+        customers = np.sort(rng.choice(customers, max_customers, replace=False))
+    stats = item_stats_fit(lines=before, catalogue=catalogue, end_t=cutoff)
+    profiles = profiles_build(lines=before, customer_ids=customers, as_of=np.full(len(customers), cutoff))
+    sources = sources_compute(stats=stats, profiles=profiles)
+    pairs = candidates_build(
+        stats=stats, profiles=profiles, sources=sources, per_source=per_source, owned_policy="all"
+    )
+    x = features_build(stats=stats, profiles=profiles, sources=sources, pairs=pairs)
+    r_after = pd.Index(customers).get_indexer(after["customer"])
+    truth = pd.DataFrame({"r": r_after, "item": after["item"].to_numpy()}).loc[r_after >= 0].drop_duplicates()
+    n_items = np.int64(catalogue.n_items)
+    truth_keys = truth["r"].to_numpy(np.int64) * n_items + truth["item"].to_numpy()
+    pairs["label"] = np.isin(pairs["r"].to_numpy(np.int64) * n_items + pairs["item"].to_numpy(), truth_keys)
+    return ExampleSet(
+        pairs=pairs, x=x, truth=truth, owned=profiles.owned[["r", "item"]], n_customers=len(customers)
+    )
+
+
+def _subsample(sets: list[ExampleSet], neg_ratio: float, rng) -> tuple[np.ndarray, np.ndarray, float]:
+    y = np.concatenate([s.pairs["label"].to_numpy() for s in sets])
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    rate = min(1.0, neg_ratio * max(n_pos, 1) / max(n_neg, 1))
+    xs, ys = [], []
+    for s in sets:
+        label = s.pairs["label"].to_numpy()
+        keep = label | (rng.random(len(label)) < rate)
+        xs.append(s.x[keep])
+        ys.append(label[keep])
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int8), rate
+
+
+def set_metrics(s: ExampleSet, scores: np.ndarray, n_items: int, k: int = 10) -> dict[str, float]:
+    out = {}
+    r, item = s.pairs["r"].to_numpy(), s.pairs["item"].to_numpy()
+    owned_col = s.x[:, FEATURES.index("owned")] > 0
+    for mode, keep in (("all", np.ones(len(r), bool)), ("explore", ~owned_col)):
+        top = rank_top(rows=r[keep], items=item[keep], scores=scores[keep], n_rows=s.n_customers, k=k)
+        m = ranking_metrics(
+            top=top,
+            truth_rows=s.truth["r"].to_numpy(),
+            truth_items=s.truth["item"].to_numpy(),
+            owned_rows=s.owned["r"].to_numpy(),
+            owned_items=s.owned["item"].to_numpy(),
+            n_items=n_items,
+        )
+        if mode == "all":
+            out.update({f"recall@{k}": m[f"recall@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"]})
+        else:
+            out[f"explore_recall@{k}"] = m[f"explore_recall@{k}"]
+    return out
+
+
+def recommender_train(
+    *,
+    lines: pd.DataFrame,
+    catalogue,
+    end_t: float | None = None,
+    horizon_days: float = 30.0,
+    n_cutoffs: int = 6,
+    max_customers: int = 20_000,
+    neg_ratio: float = 10.0,
+    grid: list[tuple[str, dict]] | None = None,
+    seed: int = 0,
+) -> Recommender:
+    rng = np.random.default_rng(seed)
+    grid = grid or GRID
+    placed_t = lines.loc[~lines["returned"].to_numpy(), "t"]
+    end_t = float(placed_t.max()) + 1e-6 if end_t is None else float(end_t)
+    cutoffs = [end_t - horizon_days * j for j in range(1, n_cutoffs + 1)]
+    sets = []
+    for i, cutoff in enumerate(cutoffs):
+        started = time.monotonic()
+        cap = max_customers if i else min(max_customers, 5_000)
+        s = examples_build(
+            lines=lines,
+            catalogue=catalogue,
+            cutoff=cutoff,
+            horizon_days=horizon_days,
+            max_customers=cap,
+            rng=rng,
+        )
+        if s is not None:
+            sets.append(s)
+            log.info(
+                "cutoff %d: %d customers, %d pairs (%.1fs)",
+                i,
+                s.n_customers,
+                len(s.pairs),
+                time.monotonic() - started,
+            )
+    stats = item_stats_fit(lines=lines, catalogue=catalogue, end_t=end_t)
+    product_ids = catalogue.products["id"].to_numpy(np.int64)
+    has_labels = [s for s in sets if s.pairs["label"].any()]
+    if len(has_labels) < 2:
+        # Too little history for a time split: ship the normalised blend and say so.
+        return Recommender(
+            stats=stats, classifier=None, product_ids=product_ids, params={"reason": "too little history"}
+        )
+
+    # Two rankers: one for products new to the customer (cross-sell), one for their own products
+    # (repeats), each selected on the validation period; both predict the same event, so their
+    # calibrated scores can be ranked together.
+    owned_at = FEATURES.index("owned")
+    chosen: dict[str, tuple] = {}
+    grid_report = []
+    for mode in ("explore", "all"):
+        keep = (lambda s: s.x[:, owned_at] == 0) if mode == "explore" else (lambda s: np.ones(len(s.x), bool))
+        parts = [_restrict(s, keep(s)) for s in has_labels]
+        valid, train_sets = parts[0], parts[1:]
+        x_train, y_train, _ = _subsample(train_sets, neg_ratio, rng)
+        results = []
+        for algorithm, params in grid:
+            started = time.monotonic()
+            model = _make(algorithm, params, seed).fit(x_train, y_train)
+            m = set_metrics(valid, model.predict_proba(valid.x)[:, 1], catalogue.n_items)
+            objective = m["explore_recall@10"] if mode == "explore" else m["recall@10"] + m["ndcg@10"]
+            results.append((objective, algorithm, params, m))
+            grid_report.append({"mode": mode, "algorithm": algorithm, "params": params, **m})
+            log.info("%s %s %s: %s (%.1fs)", mode, algorithm, params, m, time.monotonic() - started)
+        _, algorithm, params, valid_metrics = max(results, key=lambda r: r[0])
+        x_all, y_all, rate = _subsample(parts, neg_ratio, rng)
+        chosen[mode] = (
+            _make(algorithm, params, seed).fit(x_all, y_all),
+            rate,
+            algorithm,
+            params,
+            valid_metrics,
+            len(y_all),
+        )
+
+    return Recommender(
+        stats=stats,
+        classifier=chosen["all"][0],
+        explore_classifier=chosen["explore"][0],
+        product_ids=product_ids,
+        neg_rate=chosen["all"][1],
+        explore_neg_rate=chosen["explore"][1],
+        algorithm=chosen["explore"][2],
+        params={
+            "explore": chosen["explore"][3],
+            "all": {"algorithm": chosen["all"][2], **chosen["all"][3]},
+            "horizon_days": horizon_days,
+            "cutoffs": len(has_labels),
+            "neg_ratio": neg_ratio,
+            "seq_days": stats.seq_days,
+            "training_rows": int(chosen["explore"][5] + chosen["all"][5]),
+        },
+        metrics={
+            "validation": {"explore": chosen["explore"][4], "all": chosen["all"][4]},
+            "grid": grid_report,
+        },
+    )
+
+
+def _restrict(s: ExampleSet, keep: np.ndarray) -> ExampleSet:
+    return ExampleSet(
+        pairs=s.pairs.loc[keep].reset_index(drop=True),
+        x=s.x[keep],
+        truth=s.truth,
+        owned=s.owned,
+        n_customers=s.n_customers,
+    )
+
+
+def recommender_rank(
+    *,
+    recommender: Recommender,
+    lines: pd.DataFrame,
+    customer_ids: np.ndarray,
+    as_of: np.ndarray,
+    anchor_orders: np.ndarray | None = None,
+    owned_policy: str = "repurchasable",
+    categories: np.ndarray | None = None,
+    k: int = 10,
+    per_source: int = CANDIDATES["score"],
+    min_score: float = 0.0,
+    stats: ItemStats | None = None,
+) -> tuple[pd.DataFrame, object]:
+    """Top-k (r, item, score, sources...) per customer, plus the profiles (for reasons)."""
+    stats = stats or recommender.stats
+    profiles = profiles_build(
+        lines=lines, customer_ids=customer_ids, as_of=as_of, anchor_orders=anchor_orders
+    )
+    sources = sources_compute(stats=stats, profiles=profiles)
+    pairs = candidates_build(
+        stats=stats,
+        profiles=profiles,
+        sources=sources,
+        per_source=per_source,
+        owned_policy=owned_policy,
+        categories=categories,
+    )
+    x = features_build(stats=stats, profiles=profiles, sources=sources, pairs=pairs)
+    cols = {name: x[:, i] for i, name in enumerate(FEATURES)}
+    pairs["score"] = recommender.predict(x, cols) if len(pairs) else np.zeros(0)
+    for name in (
+        "co_anchor",
+        "co_recent",
+        "cust_recent",
+        "seq_anchor",
+        "seq_recent",
+        "complement",
+        "owned",
+        "trend",
+    ):
+        pairs[name] = cols[name]
+    pairs = pairs.loc[pairs["score"].to_numpy() >= min_score]
+    pairs = pairs.sort_values(["r", "score", "item"], ascending=[True, False, True], kind="stable")
+    pairs = pairs.loc[pairs.groupby("r").cumcount() < k]
+    return pairs.reset_index(drop=True), profiles
