@@ -6,8 +6,9 @@ Creates (or, with --reuse, keeps) the database xsell_bench_report, migrates it a
 (customers.bulk.bulk_insert): one customer per message, a campaign of --messages messages (89% sent,
 10% holdout, the rest suppressed or capped), 2 offers per sent message, ESP delivered events for every
 sent message, bounces, human and machine opens and clicks, acceptances, unsubscribes, complaints, orders
-in the attribution window and conversions for both groups. Then it times campaign_report() and the admin
-report page through the test Client (3 runs each) and prints the figures.
+in the attribution window and conversions for both groups. Then it times campaign_report() (every query),
+the admin report page recomputed (?refresh=1) and from cached figures, through the test Client (3 runs
+each), and prints the figures.
 """
 
 from __future__ import annotations
@@ -313,11 +314,12 @@ def main() -> None:
     client.force_login(User.objects.get(username="bench"))
     url = reverse("admin:campaigns_campaign_report", args=[campaign.pk])
 
-    def page():
-        response = client.get(url)
+    def page(query: str = ""):
+        response = client.get(url + query)
         assert response.status_code == 200, response.status_code
 
-    page_times = timed(page)
+    cold_times = timed(lambda: page("?refresh=1"))
+    warm_times = timed(page)
     report = campaign_report(campaign=campaign)
     c = report["counts"]
     print(
@@ -325,7 +327,14 @@ def main() -> None:
         f"clicked {c['clicked']}, accepted {c['accepted']}, converted {c['converted']}, "
         f"uplift {report['uplift_conversion']['diff']:.4f} ({report['uplift_conversion']['verdict']})"
     )
-    for label, values in (("campaign_report()", report_times), ("admin report page", page_times)):
+    with open("/proc/loadavg") as f:
+        print(f"1-minute load average after the runs (2 cores, shared machine): {f.read().split()[0]}")
+    rows = (
+        ("campaign_report() (all queries)", report_times),
+        ("report page, recomputed (?refresh=1)", cold_times),
+        ("report page, cached figures", warm_times),
+    )
+    for label, values in rows:
         print(
             f"{label}: median {statistics.median(values):.2f} s, "
             f"min {min(values):.2f} s, max {max(values):.2f} s over {len(values)} runs"

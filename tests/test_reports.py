@@ -14,7 +14,7 @@ from django.urls import reverse
 from scipy import stats
 
 from campaigns.models import Campaign, Conversion, EmailTemplate, Event, Message, ModelVersion, Offer
-from campaigns.reports import campaign_report, customer_story, uplift_mean, uplift_proportion
+from campaigns.reports import campaign_report, customer_story, reports_refresh, uplift_mean, uplift_proportion
 from customers.models import Customer, Order, OrderLine, Product
 
 T0 = dt.datetime(2026, 1, 10, 9, 0, tzinfo=dt.UTC)
@@ -338,3 +338,14 @@ def test_send_action_is_logged(admin_client, settings):
     assert campaign.status == Campaign.Status.SCHEDULED
     entry = LogEntry.objects.get(object_id=str(campaign.pk))
     assert "draft → scheduled" in entry.get_change_message()
+
+
+def test_reports_refresh_recomputes_cached_figures(shop):
+    campaign = shop["campaign"]
+    Message.objects.update(created_at=dt.datetime.now(dt.UTC))
+    assert campaign_report(campaign=campaign, cached=True)["counts"]["complained"] == 1
+    msg, cust = shop["messages"], shop["customers"]
+    Event.objects.create(kind="complaint", message=msg[9], customer=cust[9], occurred_at=T0)
+    assert campaign_report(campaign=campaign, cached=True)["counts"]["complained"] == 1
+    assert reports_refresh(days=30) == 1
+    assert campaign_report(campaign=campaign, cached=True)["counts"]["complained"] == 2

@@ -1,0 +1,292 @@
+"""The report's SQL: one aggregate pass per table over a scope of messages (definitions: the package)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+
+import pandas as pd
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Case, Count, F, Max, Min, Q, Sum, Value, When
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from customers.models import Customer, Order
+
+from ..models import Conversion, Event, Message, Offer
+
+MAX_LIFETIME_YEARS = 10.0
+SENT, HOLDOUT = Message.Status.SENT, Message.Status.HOLDOUT
+
+
+def attribution_window() -> dt.timedelta:
+    return dt.timedelta(days=getattr(settings, "ATTRIBUTION_WINDOW_DAYS", 14))
+
+
+def _scoped(lookups: dict, prefix: str = "") -> Q:
+    """The scope's message lookups, seen from a model related to Message through prefix."""
+    return Q(**{f"{prefix}{key}": value for key, value in lookups.items()})
+
+
+def _flag(condition: Q) -> Max:
+    return Max(Case(When(condition, then=Value(1)), default=Value(0)))
+
+
+def _ratio(num, den) -> float | None:
+    return float(num) / float(den) if den else None
+
+
+@contextlib.contextmanager
+def _report_session():
+    """One transaction for the report's queries; on PostgreSQL with room to hash in memory and no JIT.
+
+    The per-message aggregates of a million-message campaign need ~100 MB of hash tables; with the
+    default 4 MB work_mem they spill to disk, and JIT compilation costs more than it saves here.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL work_mem = '256MB'")
+                cursor.execute("SET LOCAL jit = off")
+        yield
+
+
+def _day(value) -> str | None:
+    # PostgreSQL returns dates, SQLite text; raw rows are not converted by the ORM.
+    return str(value)[:10] if value is not None else None
+
+
+def _wrap(queryset, select: str, group_by: str = "") -> list[tuple]:
+    """Aggregate over a grouped queryset in SQL: SELECT <select> FROM (<queryset>) t [GROUP BY ...]."""
+    sql, params = queryset.query.sql_with_params()
+    tail = f" GROUP BY {group_by}" if group_by else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {select} FROM ({sql}) t{tail}", params)
+        return cursor.fetchall()
+
+
+def message_summary(*, scope: dict) -> dict:
+    """Counts by status and skip reason, and sends per day, in one pass over the scope's messages."""
+    rows = (
+        Message.objects.filter(_scoped(scope))
+        .annotate(day=TruncDate("sent_at"))
+        .values_list("status", "skip_reason", "day", "is_simulated")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    frame = pd.DataFrame(list(rows), columns=["status", "skip_reason", "day", "simulated", "n"])
+    by_status = frame.groupby("status")["n"].sum()
+    skipped = frame[frame["status"] == Message.Status.SKIPPED].groupby("skip_reason")["n"].sum()
+    sent = frame[frame["status"] == SENT]
+    count = lambda series, key: int(series.get(key, 0))  # noqa: E731
+    return {
+        "audience": int(frame["n"].sum()),
+        "holdout": count(by_status, HOLDOUT),
+        "suppressed": count(skipped, "suppressed"),
+        "capped": count(skipped, "capped"),
+        "skipped_other": count(by_status, Message.Status.SKIPPED)
+        - count(skipped, "suppressed")
+        - count(skipped, "capped"),
+        "failed": count(by_status, Message.Status.FAILED),
+        "uncertain": count(by_status, Message.Status.UNCERTAIN),
+        "pending": count(by_status, Message.Status.PLANNED) + count(by_status, Message.Status.SENDING),
+        "sent": count(by_status, SENT),
+        "sent_by_day": {_day(k): int(v) for k, v in sent.groupby("day")["n"].sum().items()},
+        "simulated": bool(frame["simulated"].any()),
+    }
+
+
+def event_summary(*, scope: dict) -> dict:
+    """Funnel steps from events: one row per sent message (flags and first days), summed in SQL."""
+    kinds = Event.Kind
+    opened = Q(kind__in=[kinds.OPEN, kinds.CLICK], is_machine=False)
+    clicked = Q(kind=kinds.CLICK, is_machine=False)
+    accepted = Q(kind=kinds.ACCEPT)
+    per_message = (
+        Event.objects.filter(_scoped(scope, "message__"), message__status=SENT)
+        .values("message_id")
+        .annotate(
+            d=_flag(Q(kind=kinds.DELIVERED)),
+            b=_flag(Q(kind=kinds.BOUNCE)),
+            o=_flag(opened),
+            c=_flag(clicked),
+            a=_flag(accepted),
+            u=_flag(Q(kind=kinds.UNSUBSCRIBE)),
+            x=_flag(Q(kind=kinds.COMPLAINT)),
+            s=_flag(Q(is_simulated=True)),
+            o_day=Min(TruncDate("occurred_at"), filter=opened),
+            c_day=Min(TruncDate("occurred_at"), filter=clicked),
+            a_day=Min(TruncDate("occurred_at"), filter=accepted),
+        )
+        .order_by()
+    )
+    sums = "SUM(d), SUM(CASE WHEN d = 1 AND b = 0 THEN 1 ELSE 0 END), SUM(b), SUM(o), SUM(c), SUM(a), SUM(u), SUM(x), MAX(s)"
+    columns = ["o_day", "c_day", "a_day", "n", "d", "db", "b", "o", "c", "a", "u", "x", "s"]
+    rows = _wrap(per_message, f"o_day, c_day, a_day, COUNT(*), {sums}", "o_day, c_day, a_day")
+    frame = pd.DataFrame(rows, columns=columns)
+    totals = {k: int(frame[k].fillna(0).astype(float).sum()) for k in columns[3:]}
+
+    def per_day(column: str) -> dict:
+        days = frame.dropna(subset=[column])
+        return {_day(k): int(v) for k, v in days.groupby(column)["n"].sum().items()}
+
+    return {
+        "delivered_events": totals["d"],
+        "delivered_not_bounced": totals["db"],
+        "bounced": totals["b"],
+        "opened": totals["o"],
+        "clicked": totals["c"],
+        "accepted": totals["a"],
+        "unsubscribed": totals["u"],
+        "complained": totals["x"],
+        "simulated": bool(totals["s"]),
+        "opens_by_day": per_day("o_day"),
+        "clicks_by_day": per_day("c_day"),
+        "accepts_by_day": per_day("a_day"),
+    }
+
+
+def conversion_summary(*, scope: dict) -> dict:
+    """Converted messages, revenue and its sum of squares per group (for Welch), conversions per day."""
+    per_message = (
+        Conversion.objects.filter(_scoped(scope, "message__"))
+        .filter(_recipient_conversion() | _holdout_conversion())
+        .values("message_id", "is_holdout")
+        .annotate(r=Sum("revenue"), day=Min(TruncDate("order__placed_at")), s=_flag(Q(is_simulated=True)))
+        .order_by()
+    )
+    rows = _wrap(per_message, "is_holdout, day, COUNT(*), SUM(r), SUM(r * r), MAX(s)", "is_holdout, day")
+    frame = pd.DataFrame(rows, columns=["holdout", "day", "n", "r", "rr", "s"])
+    frame[["r", "rr"]] = frame[["r", "rr"]].astype(float)
+    frame["holdout"] = frame["holdout"].astype(bool)
+    rec, hold = frame[~frame["holdout"]], frame[frame["holdout"]]
+    return {
+        "converted": int(rec["n"].sum()),
+        "holdout_converted": int(hold["n"].sum()),
+        "revenue": float(rec["r"].sum()),
+        "revenue_sq": float(rec["rr"].sum()),
+        "holdout_revenue": float(hold["r"].sum()),
+        "holdout_revenue_sq": float(hold["rr"].sum()),
+        "conversions_by_day": {_day(k): int(v) for k, v in rec.groupby("day")["n"].sum().items()},
+        "simulated": bool(frame["s"].fillna(0).astype(int).any()),
+    }
+
+
+def _recipient_conversion() -> Q:
+    return Q(is_holdout=False, offer__isnull=False, message__status=SENT)
+
+
+def _holdout_conversion() -> Q:
+    return Q(is_holdout=True, message__status=HOLDOUT)
+
+
+def window_orders(*, scope: dict, status: str) -> dict:
+    """AOV and cross-sell ratio of the group's placed orders within the attribution window."""
+    start = F("customer__messages__sent_at") if status == SENT else F("customer__messages__created_at")
+    in_window = Order.objects.filter(
+        _scoped(scope, "customer__messages__"),
+        customer__messages__status=status,
+        placed_at__gte=start,
+        placed_at__lt=start + attribution_window(),
+        status=Order.Status.PLACED,
+    ).values("pk")
+    per_order = Order.objects.filter(pk__in=in_window).annotate(
+        n_products=Count("lines__product", distinct=True)
+    )
+    agg = per_order.aggregate(orders=Count("pk"), value=Sum("total"), products=Sum("n_products"))
+    orders = agg["orders"] or 0
+    return {
+        "orders": orders,
+        "aov": _ratio(agg["value"] or 0, orders),
+        "cross_sell_ratio": _ratio(agg["products"] or 0, orders) - 1 if orders else None,
+    }
+
+
+def lifetime_value(*, customers) -> dict:
+    """Historical and predictive CLV of a customer queryset, from its lifetime columns and one count."""
+    as_of = Customer.objects.aggregate(t=Max("last_order_at"))["t"] or timezone.now()
+    year_ago = as_of - dt.timedelta(days=365)
+    buyers = customers.filter(orders_count__gt=0)
+    agg = buyers.aggregate(
+        customers=Count("pk"),
+        active=Count("pk", filter=Q(last_order_at__gt=year_ago)),
+        spent=Sum("total_spent"),
+        orders=Sum("orders_count"),
+    )
+    recent_orders = Order.objects.filter(
+        customer__in=buyers, status=Order.Status.PLACED, placed_at__gt=year_ago, placed_at__lte=as_of
+    ).count()
+    n = agg["customers"]
+    historical = _ratio(agg["spent"] or 0, n)
+    aov = _ratio(agg["spent"] or 0, agg["orders"])
+    frequency = _ratio(recent_orders, agg["active"])
+    churn = 1 - agg["active"] / n if n else None
+    lifetime = min(1 / churn, MAX_LIFETIME_YEARS) if churn else (MAX_LIFETIME_YEARS if n else None)
+    predictive = aov * frequency * lifetime if None not in (aov, frequency, lifetime) else None
+    return {
+        "customers": n,
+        "historical": historical,
+        "aov": aov,
+        "purchases_per_year": frequency,
+        "annual_churn": churn,
+        "expected_lifetime_years": lifetime,
+        "predictive": predictive,
+        "as_of": as_of,
+        "method": (
+            "average order value × purchases per year (orders in the last 365 days per active customer) × "
+            "expected lifetime (1 / annual churn; churn = share with no order in the last 365 days, "
+            f"at most {MAX_LIFETIME_YEARS:g} years)"
+        ),
+    }
+
+
+def top_products(*, scope: dict, limit: int = 10) -> list[dict]:
+    """Offered products by acceptances and revenue, with the model version that chose them."""
+    where = _scoped(scope, "message__")
+    fields = ("product_id", "product__sku", "product__name", "model_version_id")
+    accepted = {
+        tuple(row[:4]): row[4]
+        for row in Event.objects.filter(
+            _scoped(scope, "message__"), kind=Event.Kind.ACCEPT, offer__isnull=False
+        )
+        .values_list(*(f"offer__{f}" for f in fields))
+        .annotate(n=Count("pk"))
+        .order_by()
+    }
+    earned = {
+        tuple(row[:4]): (row[4], row[5])
+        for row in Conversion.objects.filter(_scoped(scope, "message__"), _recipient_conversion())
+        .values_list(*(f"offer__{f}" for f in fields))
+        .annotate(n=Count("message", distinct=True), r=Sum("revenue"))
+        .order_by()
+    }
+    keys = sorted(
+        set(accepted) | set(earned),
+        key=lambda k: (accepted.get(k, 0), earned.get(k, (0, 0))[1]),
+        reverse=True,
+    )[:limit]
+    offered = {(product, version): n for product, version, n in _offered(where, keys)}
+    return [
+        {
+            "product_id": k[0],
+            "sku": k[1],
+            "name": k[2] or k[1],
+            "model_version": k[3],
+            "offered": offered.get((k[0], k[3]), 0),
+            "accepted": accepted.get(k, 0),
+            "converted": earned.get(k, (0, 0))[0],
+            "revenue": float(earned.get(k, (0, 0))[1] or 0),
+            "acceptance_rate": _ratio(accepted.get(k, 0), offered.get((k[0], k[3]), 0)),
+        }
+        for k in keys
+    ]
+
+
+def _offered(where: Q, keys: list) -> list:
+    return list(
+        Offer.objects.filter(where, message__status=SENT, product_id__in={k[0] for k in keys})
+        .values_list("product_id", "model_version_id")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
