@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
-import json
 import re
 
 from django.conf import settings
@@ -83,6 +82,17 @@ def open_machine_reason(*, user_agent: str, address: str) -> str:
     return ""
 
 
+def click_request_reason(*, method: str, user_agent: str) -> str:
+    """What the request alone says about a click: a HEAD, no agent or a scanner's agent ('' if none)."""
+    if method == "HEAD":
+        return "head request"
+    if not user_agent:
+        return "no user agent"
+    if _SCANNER_AGENTS.search(user_agent) or _PROXY_AGENTS.search(user_agent):
+        return "scanner agent"
+    return ""
+
+
 def click_machine_reason(
     *,
     method: str,
@@ -91,17 +101,13 @@ def click_machine_reason(
     sent_at: dt.datetime | None,
     now: dt.datetime,
 ) -> str:
-    """Why a click is not a person clicking ('' if it may be one)."""
+    """Why a click is not a person clicking ('' if it may be one). _CLICK_SQL applies the same order."""
     if is_honeypot:
         return "honeypot link"
-    if method == "HEAD":
-        return "head request"
+    if reason := click_request_reason(method=method, user_agent=user_agent):
+        return reason
     if sent_at is not None and now - sent_at < dt.timedelta(seconds=scanner_seconds()):
         return "click too soon after delivery"
-    if not user_agent:
-        return "no user agent"
-    if _SCANNER_AGENTS.search(user_agent) or _PROXY_AGENTS.search(user_agent):
-        return "scanner agent"
     return ""
 
 
@@ -115,14 +121,8 @@ def event_record(
     machine_reason: str = "",
     occurred_at: dt.datetime | None = None,
     meta: dict | None = None,
-    durable: bool = True,
 ) -> Event:
-    """One INSERT: the event, with the request's facts when there is a request.
-
-    durable=False (opens and clicks, the hot paths): on PostgreSQL the commit does not wait for the WAL
-    flush, so a database crash may lose the last fraction of a second of them; a recipient's decisions
-    (accept, unsubscribe) always use durable commits.
-    """
+    """One INSERT: the event, with the request's facts when there is a request."""
     facts = client_facts(request) if request is not None else {}
     event = Event(
         kind=kind,
@@ -135,42 +135,8 @@ def event_record(
         meta=meta or {},
         **facts,
     )
-    if durable or connection.vendor != "postgresql":
-        event.save(force_insert=True)
-    else:
-        _insert_async_commit(event)
+    event.save(force_insert=True)
     return event
-
-
-_ASYNC_FIELDS = [
-    "kind",
-    "message_id",
-    "offer_id",
-    "customer_id",
-    "occurred_at",
-    "user_agent",
-    "ip_hash",
-    "is_machine",
-    "machine_reason",
-    "is_simulated",
-    "meta",
-]
-
-
-def _insert_async_commit(event: Event) -> None:
-    # One statement, one round trip, its own transaction: set_config(..., is_local=true) turns off the
-    # wait for the WAL flush for this statement's commit only.
-    values = [getattr(event, name) for name in _ASYNC_FIELDS]
-    values[-1] = json.dumps(values[-1])
-    columns = ", ".join(_ASYNC_FIELDS)
-    placeholders = ", ".join(["%s"] * (len(values) - 1) + ["%s::jsonb"])
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {Event._meta.db_table} ({columns}) SELECT {placeholders} "
-            "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit RETURNING id",
-            values,
-        )
-        event.pk = cursor.fetchone()[0]
 
 
 def customer_suppress(*, customer_id: int, reason: str, now: dt.datetime | None = None) -> bool:
@@ -180,6 +146,71 @@ def customer_suppress(*, customer_id: int, reason: str, now: dt.datetime | None 
             suppressed_reason=reason, suppressed_at=now or timezone.now()
         )
     )
+
+
+# -------------------------------------------------------------------- PostgreSQL: one round trip each
+
+# The pixel and the click redirect are the hot paths. On PostgreSQL each is one statement: find the row
+# by token (not expired), insert the event, commit without waiting for the WAL flush (set_config(...,
+# true) is local to the statement's own transaction), and for a click return the stored URL.
+_EVENT_INSERT = """
+INSERT INTO campaigns_event (kind, message_id, offer_id, customer_id, occurred_at, user_agent, ip_hash,
+                             is_machine, machine_reason, is_simulated, meta)
+SELECT %(kind)s, hit.message_id, hit.offer_id, hit.customer_id, %(now)s, %(user_agent)s, %(ip_hash)s,
+       hit.reason <> '', hit.reason, false, '{}'::jsonb
+FROM hit, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+"""
+_OPEN_SQL = (
+    """
+WITH hit AS (
+  SELECT id AS message_id, NULL::bigint AS offer_id, customer_id, %(reason)s::varchar AS reason
+  FROM campaigns_message WHERE token = %(token)s AND COALESCE(sent_at, created_at) >= %(oldest)s
+)"""
+    + _EVENT_INSERT
+)
+_CLICK_SQL = (
+    """
+WITH hit AS (
+  SELECT l.url, l.message_id, l.offer_id, m.customer_id,
+         CASE WHEN l.is_honeypot THEN 'honeypot link'
+              WHEN %(reason)s <> '' THEN %(reason)s
+              WHEN m.sent_at > %(too_soon)s THEN 'click too soon after delivery'
+              ELSE '' END::varchar AS reason
+  FROM campaigns_trackedlink l JOIN campaigns_message m ON m.id = l.message_id
+  WHERE l.token = %(token)s AND COALESCE(m.sent_at, m.created_at) >= %(oldest)s
+), inserted AS ("""
+    + _EVENT_INSERT
+    + """  RETURNING id
+)
+SELECT url FROM hit"""
+)
+
+
+def open_record_pg(*, token: str, request, reason: str, now: dt.datetime, oldest: dt.datetime) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _OPEN_SQL,
+            {"kind": "open", "token": token, "reason": reason, "now": now, "oldest": oldest}
+            | client_facts(request),
+        )
+
+
+def click_record_pg(*, token: str, request, now: dt.datetime, oldest: dt.datetime) -> str | None:
+    """The link's stored URL (None if unknown or expired), the click recorded."""
+    params = {
+        "kind": "click",
+        "token": token,
+        "reason": click_request_reason(
+            method=request.method, user_agent=request.META.get("HTTP_USER_AGENT", "")
+        ),
+        "too_soon": now - dt.timedelta(seconds=scanner_seconds()),
+        "now": now,
+        "oldest": oldest,
+    } | client_facts(request)
+    with connection.cursor() as cursor:
+        cursor.execute(_CLICK_SQL, params)
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 # ------------------------------------------------------------------------------------------ ESP events
