@@ -1,6 +1,6 @@
 """Time the campaign report of a 1,000,000-message campaign on PostgreSQL.
 
-    .venv/bin/python bench/report_1m.py [--server postgres://postgres@127.0.0.1:5432] [--messages 1000000] [--reuse]
+    .venv/bin/python bench/report_1m.py [--server postgres://postgres@127.0.0.1:5432] [--messages 1000000] [--reuse] [--profile]
 
 Creates (or, with --reuse, keeps) the database xsell_bench_report, migrates it and writes with COPY
 (customers.bulk.bulk_insert): one customer per message, a campaign of --messages messages (89% sent,
@@ -268,6 +268,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--reuse", action="store_true", help="keep the database if it already has the data")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="print each query's time in one report")
     opts = parser.parse_args()
 
     os.environ["DATABASE_URL"] = database_prepare(server=opts.server, name=DB_NAME, reuse=opts.reuse)
@@ -309,6 +310,13 @@ def main() -> None:
             out.append(time.perf_counter() - started)
         return out
 
+    if opts.profile:
+        from django.test.utils import CaptureQueriesContext
+
+        with CaptureQueriesContext(connection) as ctx:
+            campaign_report(campaign=campaign)
+        for query in sorted(ctx.captured_queries, key=lambda q: -float(q["time"])):
+            print(f"{float(query['time']):7.2f} s  {' '.join(query['sql'].split())[:110]}")
     report_times = timed(lambda: campaign_report(campaign=campaign))
     client = Client()
     client.force_login(User.objects.get(username="bench"))
