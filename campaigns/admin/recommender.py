@@ -46,7 +46,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="explore recall@10 (validation)")
     def validation_recall(self, obj):
-        value = (obj.metrics or {}).get("validation", {}).get("explore", {}).get("explore_recall@10")
+        value = (obj.metrics or {}).get("validation", {}).get("explore_recall@10")
         return f"{value:.3f}" if isinstance(value, float) else "—"
 
     @admin.action(description="Activate the selected version (scoring uses it from now on)")

@@ -198,7 +198,7 @@ def candidates_build(
     profiles: Profiles,
     sources: SourceScores,
     per_source: int = 50,
-    popular: int = 30,
+    popular: int = 100,
     owned_policy: str = "none",
     categories: np.ndarray | None = None,
 ) -> pd.DataFrame:

@@ -10,6 +10,7 @@ probabilities (of buying the product within the horizon, for a customer who buys
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .candidates import ItemStats, item_stats_fit
 from .features import FEATURES, candidates_build, features_build, profiles_build, sources_compute
@@ -28,7 +30,7 @@ from .metrics import rank_top, ranking_metrics
 log = logging.getLogger(__name__)
 
 COMPLEMENT_PRIOR = 0.3
-CANDIDATES = {"train": 50, "score": 30}
+CANDIDATES = {"train": 150, "score": 50}
 GRID = [
     (
         "hist_gradient_boosting",
@@ -48,8 +50,6 @@ class Recommender:
     classifier: object | None
     product_ids: np.ndarray  # item index -> Product pk, as catalogued at training time
     neg_rate: float = 1.0
-    explore_classifier: object | None = None
-    explore_neg_rate: float = 1.0
     algorithm: str = "fallback"
     params: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -58,16 +58,9 @@ class Recommender:
     def predict(self, x: np.ndarray, sources: dict[str, np.ndarray]) -> np.ndarray:
         if self.classifier is None:
             return fallback_scores(sources)
-        new = x[:, FEATURES.index("owned")] == 0
-        out = np.zeros(len(x))
-        for mask, model, rate in (
-            (new, self.explore_classifier, self.explore_neg_rate),
-            (~new, self.classifier, self.neg_rate),
-        ):
-            if mask.any():
-                p = (model or self.classifier).predict_proba(x[mask])[:, 1]
-                odds = p / np.maximum(1.0 - p, 1e-9) * rate
-                out[mask] = odds / (1.0 + odds)
+        p = self.classifier.predict_proba(x)[:, 1]
+        odds = p / np.maximum(1.0 - p, 1e-9) * self.neg_rate
+        out = odds / (1.0 + odds)
         # The marketer's complements carry knowledge the history may not have: lift them explicitly.
         return out + (1.0 - out) * COMPLEMENT_PRIOR * np.minimum(sources["complement"], 1.0)
 
@@ -84,6 +77,11 @@ def fallback_scores(cols: dict[str, np.ndarray]) -> np.ndarray:
         + 0.02 * np.exp(cols["pop_30"] - cols["pop_30"].max() if len(cols["pop_30"]) else 0)
     )
     return raw / (1.0 + raw)
+
+
+# OpenMP threads spin while waiting: on a busy machine (web, worker and database on 2 cores) one
+# thread per process trains several times faster than two. Raise it on a dedicated training box.
+THREADS = int(os.environ.get("RECOMMENDER_THREADS", "1"))
 
 
 def _make(algorithm: str, params: dict, seed: int):
@@ -175,7 +173,12 @@ def set_metrics(s: ExampleSet, scores: np.ndarray, n_items: int, k: int = 10) ->
     return out
 
 
-def recommender_train(
+def recommender_train(**kwargs) -> Recommender:
+    with threadpool_limits(limits=THREADS):
+        return _train(**kwargs)
+
+
+def _train(
     *,
     lines: pd.DataFrame,
     catalogue,
@@ -222,57 +225,39 @@ def recommender_train(
             stats=stats, classifier=None, product_ids=product_ids, params={"reason": "too little history"}
         )
 
-    # Two rankers: one for products new to the customer (cross-sell), one for their own products
-    # (repeats), each selected on the validation period; both predict the same event, so their
-    # calibrated scores can be ranked together.
-    owned_at = FEATURES.index("owned")
-    chosen: dict[str, tuple] = {}
-    grid_report = []
-    for mode in ("explore", "all"):
-        keep = (lambda s: s.x[:, owned_at] == 0) if mode == "explore" else (lambda s: np.ones(len(s.x), bool))
-        parts = [_restrict(s, keep(s)) for s in has_labels]
-        valid, train_sets = parts[0], parts[1:]
-        x_train, y_train, _ = _subsample(train_sets, neg_ratio, rng)
-        results = []
-        for algorithm, params in grid:
-            started = time.monotonic()
-            model = _make(algorithm, params, seed).fit(x_train, y_train)
-            m = set_metrics(valid, model.predict_proba(valid.x)[:, 1], catalogue.n_items)
-            objective = m["explore_recall@10"] if mode == "explore" else m["recall@10"] + m["ndcg@10"]
-            results.append((objective, algorithm, params, m))
-            grid_report.append({"mode": mode, "algorithm": algorithm, "params": params, **m})
-            log.info("%s %s %s: %s (%.1fs)", mode, algorithm, params, m, time.monotonic() - started)
-        _, algorithm, params, valid_metrics = max(results, key=lambda r: r[0])
-        x_all, y_all, rate = _subsample(parts, neg_ratio, rng)
-        chosen[mode] = (
-            _make(algorithm, params, seed).fit(x_all, y_all),
-            rate,
-            algorithm,
-            params,
-            valid_metrics,
-            len(y_all),
-        )
-
+    # One ranker for new and own products alike: the "owned", "own_orders" and "days_since_item"
+    # features let it learn when a repeat is likely, and explore mode simply filters owned candidates.
+    valid, train_sets = has_labels[0], has_labels[1:]
+    x_train, y_train, _ = _subsample(train_sets, neg_ratio, rng)
+    results = []
+    for algorithm, params in grid:
+        started = time.monotonic()
+        model = _make(algorithm, params, seed).fit(x_train, y_train)
+        m = set_metrics(valid, model.predict_proba(valid.x)[:, 1], catalogue.n_items)
+        m["objective"] = m["recall@10"] + m["explore_recall@10"]
+        results.append((m["objective"], algorithm, params, m))
+        log.info("%s %s: %s (%.1fs)", algorithm, params, m, time.monotonic() - started)
+    _, algorithm, params, valid_metrics = max(results, key=lambda r: r[0])
+    x_all, y_all, rate = _subsample(has_labels, neg_ratio, rng)
+    classifier = _make(algorithm, params, seed).fit(x_all, y_all)
     return Recommender(
         stats=stats,
-        classifier=chosen["all"][0],
-        explore_classifier=chosen["explore"][0],
+        classifier=classifier,
         product_ids=product_ids,
-        neg_rate=chosen["all"][1],
-        explore_neg_rate=chosen["explore"][1],
-        algorithm=chosen["explore"][2],
+        neg_rate=rate,
+        algorithm=algorithm,
         params={
-            "explore": chosen["explore"][3],
-            "all": {"algorithm": chosen["all"][2], **chosen["all"][3]},
+            **params,
             "horizon_days": horizon_days,
             "cutoffs": len(has_labels),
             "neg_ratio": neg_ratio,
             "seq_days": stats.seq_days,
-            "training_rows": int(chosen["explore"][5] + chosen["all"][5]),
+            "candidates_per_source": CANDIDATES["train"],
+            "training_rows": int(len(y_all)),
         },
         metrics={
-            "validation": {"explore": chosen["explore"][4], "all": chosen["all"][4]},
-            "grid": grid_report,
+            "validation": {k: round(v, 4) for k, v in valid_metrics.items()},
+            "grid": [{"algorithm": a, "params": p, **m} for _, a, p, m in results],
         },
     )
 
@@ -287,7 +272,12 @@ def _restrict(s: ExampleSet, keep: np.ndarray) -> ExampleSet:
     )
 
 
-def recommender_rank(
+def recommender_rank(**kwargs) -> tuple[pd.DataFrame, object]:
+    with threadpool_limits(limits=THREADS):
+        return _rank(**kwargs)
+
+
+def _rank(
     *,
     recommender: Recommender,
     lines: pd.DataFrame,

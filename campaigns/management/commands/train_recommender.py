@@ -33,6 +33,6 @@ class Command(BaseCommand):
         state = "active" if version.is_active else "not active (activate it in the admin)"
         self.stdout.write(f"{version}: {state}; artefact {version.artefact}")
         validation = version.metrics.get("validation", {})
-        for mode, metrics in validation.items():
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-            self.stdout.write(f"  validation ({mode}): {shown}")
+        if validation:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in validation.items() if k != "objective")
+            self.stdout.write(f"  validation period: {shown}")
