@@ -87,5 +87,13 @@ def attribute_orders(*, order_ids: list[int]) -> int:
     return conversions_attribute(order_ids=order_ids)
 
 
+@shared_task(name="campaigns.refresh_reports", queue="default", autoretry_for=TRANSIENT, retry_backoff=True)
+def refresh_reports() -> int:
+    """Periodic (beat): recompute cached reports, so a big campaign's report page opens at once."""
+    from .reports import reports_refresh
+
+    return reports_refresh()
+
+
 # Celery autodiscovers campaigns.tasks only: importing registers the nightly training task too.
 from .recommender.tasks import train_recommender  # noqa: E402, F401

@@ -207,3 +207,13 @@ SEND_BATCH_SIZE = env_int("SEND_BATCH_SIZE", 200)
 SEND_MAX_ATTEMPTS = env_int("SEND_MAX_ATTEMPTS", 5)
 SEND_RETRY_BASE_SECONDS = env_int("SEND_RETRY_BASE_SECONDS", 60)
 SEND_STUCK_MINUTES = env_int("SEND_STUCK_MINUTES", 15)
+
+# Attribution: an order of an offered product counts for the offer within these windows.
+ATTRIBUTION_CLICK_DAYS = env_int("ATTRIBUTION_CLICK_DAYS", 7)
+ATTRIBUTION_DELIVERY_DAYS = env_int("ATTRIBUTION_DELIVERY_DAYS", 30)
+ATTRIBUTION_WINDOW_DAYS = ATTRIBUTION_DELIVERY_DAYS  # the reports' window for AOV and holdout purchases
+# Tracking: open/click/offer links stop working this long after sending (opt-out links never expire);
+# a click sooner than TRACKING_SCANNER_SECONDS after sending is a link scanner, not a person.
+TRACKING_TOKEN_DAYS = env_int("TRACKING_TOKEN_DAYS", 365)
+TRACKING_SCANNER_SECONDS = env_int("TRACKING_SCANNER_SECONDS", 10)
+REPORT_CACHE_SECONDS = env_int("REPORT_CACHE_SECONDS", 600)
