@@ -14,14 +14,14 @@ import logging
 import random
 import smtplib
 from collections.abc import Iterable
-from email.utils import make_msgid
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import connection as db_connection
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from customers.models import Customer, Product
@@ -33,6 +33,7 @@ from .rendering import RenderError, email_render
 from .tokens import public_url
 
 log = logging.getLogger(__name__)
+SENT_FLUSH = 50  # accepted messages recorded as sent per UPDATE
 
 
 # ------------------------------------------------------------------------------------------------ claim
@@ -80,27 +81,33 @@ def messages_claim(*, message_ids: Iterable[int], now: dt.datetime | None = None
         ledger = CapLedger(
             policy=campaign.frequency_policy or policy_default(), customer_ids=customer_ids, now=now
         )
-        claimed, changed = [], []
+        claimed: list[Message] = []
+        skipped: dict[str, list[int]] = {}
         for message in messages:
             customer = customers[message.customer_id]
             if not customer.is_mailable:
-                message.status, message.skip_reason = Message.Status.SKIPPED, Message.SkipReason.SUPPRESSED
+                skipped.setdefault(Message.SkipReason.SUPPRESSED, []).append(message.pk)
+                continue
+            decision = ledger.check(customer_id=customer.pk, timezone_name=customer.timezone)
+            if decision.allowed:
+                ledger.record(customer_id=customer.pk)
+                claimed.append(message)
+            elif decision.wait_until is not None and decision.wait_until <= _quiet_deadline(message, ledger):
+                # Quiet hours: stay planned until they end (rare enough for a statement each).
+                Message.objects.filter(pk=message.pk).update(send_after=decision.wait_until)
             else:
-                decision = ledger.check(customer_id=customer.pk, timezone_name=customer.timezone)
-                if decision.allowed:
-                    ledger.record(customer_id=customer.pk)
-                    message.status, message.claimed_at = Message.Status.SENDING, now
-                    message.attempts += 1
-                    claimed.append(message)
-                elif decision.wait_until is not None and decision.wait_until <= _quiet_deadline(
-                    message, ledger
-                ):
-                    message.send_after = decision.wait_until  # quiet hours: wait, stay planned
-                else:
-                    message.status, message.skip_reason = Message.Status.SKIPPED, decision.reason
-            changed.append(message)
-        Message.objects.bulk_update(
-            changed, ["status", "skip_reason", "claimed_at", "attempts", "send_after"]
+                skipped.setdefault(decision.reason, []).append(message.pk)
+        # A few set-based statements, not one per message: the row locks above make them safe.
+        Message.objects.filter(pk__in=[m.pk for m in claimed]).update(
+            status=Message.Status.SENDING, claimed_at=now, attempts=F("attempts") + 1
+        )
+        for reason, ids in skipped.items():
+            Message.objects.filter(pk__in=ids).update(status=Message.Status.SKIPPED, skip_reason=reason)
+    for message in claimed:
+        message.status, message.claimed_at, message.attempts = (
+            Message.Status.SENDING,
+            now,
+            message.attempts + 1,
         )
     for message in claimed:
         message.customer = customers[message.customer_id]
@@ -225,8 +232,19 @@ def _context(message: Message, offers: list[Offer]) -> dict:
     }
 
 
-def message_build(*, message: Message, offers: list[Offer]) -> EmailMultiAlternatives:
-    """The email for one claimed message: three parts, tracked links and the list headers."""
+def message_id_header(token: str) -> str:
+    # Derived from the message's random token, so a whole batch's ids are recorded in one UPDATE.
+    return f"<{token}@{_mail_domain()}>"
+
+
+def _mail_domain() -> str:
+    return settings.DEFAULT_FROM_EMAIL.rpartition("@")[2] or "localhost"
+
+
+def message_build(
+    *, message: Message, offers: list[Offer]
+) -> tuple[EmailMultiAlternatives, list[TrackedLink]]:
+    """The email for one claimed message (three parts, list headers) and the tracked links to store."""
     campaign, template = message.campaign, message.campaign.template
     links: list[TrackedLink] = []
 
@@ -253,15 +271,14 @@ def message_build(*, message: Message, offers: list[Offer]) -> EmailMultiAlterna
         track=track,
         footer=footer,
     )
-    TrackedLink.objects.bulk_create([*links, honeypot])
-    domain = settings.DEFAULT_FROM_EMAIL.rpartition("@")[2] or "localhost"
+    domain = _mail_domain()
     email = EmailMultiAlternatives(
         subject=rendered.subject,
         body=rendered.text,
         from_email=campaign.from_email or settings.DEFAULT_FROM_EMAIL,
         to=[message.customer.email],
         headers={
-            "Message-ID": make_msgid(idstring=message.token.replace("-", "").replace("_", ""), domain=domain),
+            "Message-ID": message_id_header(message.token),
             "List-Unsubscribe": (
                 f"<{public_url('one-click', message.token, 'one-click')}>, "
                 f"<mailto:unsubscribe@{domain}?subject=unsubscribe%20{message.token}>"
@@ -276,7 +293,7 @@ def message_build(*, message: Message, offers: list[Offer]) -> EmailMultiAlterna
         "xsell_message": message.token,
         "xsell_campaign": str(campaign.pk),
     }  # read by anymail ESPs
-    return email
+    return email, [*links, honeypot]
 
 
 # -------------------------------------------------------------------------------------------- deliver
@@ -318,12 +335,21 @@ def _retry_at(attempts: int, now: dt.datetime) -> dt.datetime:
     return now + dt.timedelta(seconds=base * random.uniform(0.5, 1.5))  # jitter spreads retries out
 
 
+def _record_sent(message_ids: list[int]) -> None:
+    """Mark a run of accepted messages sent in one statement (their Message-ID derives from the token)."""
+    if message_ids:
+        Message.objects.filter(pk__in=message_ids, status=Message.Status.SENDING).update(
+            status=Message.Status.SENT,
+            sent_at=timezone.now(),
+            message_id=Concat(Value("<"), F("token"), Value(f"@{_mail_domain()}>")),
+        )
+        message_ids.clear()
+
+
 def _record(message: Message, outcome: str, error: str = "", hard_bounce: bool = False) -> None:
     now = timezone.now()
     fields: dict = {"error": error[:2000]}
-    if outcome == _Outcome.SENT:
-        fields.update(status=Message.Status.SENT, sent_at=now, message_id=message.message_id)
-    elif outcome == _Outcome.RETRY and message.attempts < settings.SEND_MAX_ATTEMPTS:
+    if outcome == _Outcome.RETRY and message.attempts < settings.SEND_MAX_ATTEMPTS:
         fields.update(status=Message.Status.PLANNED, send_after=_retry_at(message.attempts, now))
     elif outcome == _Outcome.UNCERTAIN:
         fields.update(status=Message.Status.UNCERTAIN)
@@ -363,18 +389,20 @@ def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> 
     counts["skipped"] += len(no_offer)
 
     ready: list[tuple[Message, EmailMultiAlternatives]] = []
+    links: list[TrackedLink] = []
     for message in claimed:
         if not offers.get(message.pk):
             continue
         try:
-            email = message_build(message=message, offers=offers[message.pk])
+            email, message_links = message_build(message=message, offers=offers[message.pk])
         except RenderError as exc:
             log.warning("message %s not rendered: %s", message.pk, exc)
             _skip([message], Message.SkipReason.RENDER_ERROR, str(exc))
             counts["skipped"] += 1
             continue
-        message.message_id = email.extra_headers["Message-ID"]
+        links += message_links
         ready.append((message, email))
+    TrackedLink.objects.bulk_create(links)  # stored before any email with them goes out
     _deliver(ready, counts)
     return counts
 
@@ -390,6 +418,7 @@ def _deliver(ready: list[tuple[Message, EmailMultiAlternatives]], counts: dict[s
             _record(message, _Outcome.RETRY, f"cannot connect: {exc}")
         counts["retry"] += len(ready)
         return
+    sent: list[int] = []
     try:
         for message, email in ready:
             email.connection = connection
@@ -402,9 +431,13 @@ def _deliver(ready: list[tuple[Message, EmailMultiAlternatives]], counts: dict[s
                 if outcome == _Outcome.UNCERTAIN:
                     _reconnect(connection)
                 continue
-            _record(message, _Outcome.SENT)
+            sent.append(message.pk)
             counts["sent"] += 1
+            if len(sent) >= SENT_FLUSH:
+                _record_sent(sent)
     finally:
+        # A crash before this leaves the unflushed ones in "sending": swept to "uncertain", never resent.
+        _record_sent(sent)
         with contextlib.suppress(Exception):  # closing a dead connection
             connection.close()
 

@@ -28,3 +28,15 @@ def _fresh_recommender_cache():
     cache_clear()
     yield
     cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def celery_eager(request):
+    """Tasks run in the test's process (as in the embedded setup); tests/test_worker.py uses real workers."""
+    from xsell_crm.celery import app
+
+    eager = not request.node.get_closest_marker("real_worker")
+    previous = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager, app.conf.task_eager_propagates = eager, True
+    yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = previous

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.real_worker,
     pytest.mark.skipif(
         not (os.environ.get("REDIS_URL") and os.environ.get("DATABASE_URL", "").startswith("postgres")),
         reason="needs PostgreSQL and Redis (DATABASE_URL, REDIS_URL)",
