@@ -131,7 +131,9 @@ def lines_load(
     frame["t"] = frame["t"] / DAY
     frame["returned"] = frame["returned"].astype(bool)
     frame["item"] = catalogue.index_of(frame["product"].to_numpy())
-    return frame.loc[frame["item"] >= 0].reset_index(drop=True)
+    # The database returns rows in no particular order; ties (same time, same score) must not depend on it.
+    frame = frame.loc[frame["item"] >= 0].sort_values(["customer", "t", "order", "item"], kind="stable")
+    return frame.reset_index(drop=True)
 
 
 def customer_pks(external_ids: list[str]) -> dict[str, int]:

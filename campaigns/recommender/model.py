@@ -197,6 +197,8 @@ def _train(
     cutoffs = [end_t - horizon_days * j for j in range(1, n_cutoffs + 1)]
     sets = []
     for i, cutoff in enumerate(cutoffs):
+        if sum(s.n_customers for s in sets[1:]) >= 2 * max_customers:
+            break  # a big shop fills the example budget from its most recent periods
         started = time.monotonic()
         cap = max_customers if i else min(max_customers, 5_000)
         s = examples_build(
