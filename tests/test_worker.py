@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.db.models import Count
+from django.utils.timezone import now as timezone_now
 
 from campaigns.lifecycle import campaign_start
 from campaigns.models import FrequencyPolicy, Message
@@ -63,12 +66,12 @@ def _worker(smtp_port: int) -> subprocess.Popen:
     )
 
 
-def _wait_until_settled(campaign_ids: list[int], timeout: float = 120) -> None:
+def _wait_until_settled(campaign_ids: list[int], timeout: float = 120, allow_sending: bool = False) -> None:
+    """Until no message is planned (nor sending, unless a killed worker left some claimed)."""
+    busy = ("planned",) if allow_sending else ("planned", "sending")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not Message.objects.filter(
-            campaign_id__in=campaign_ids, status__in=("planned", "sending")
-        ).exists():
+        if not Message.objects.filter(campaign_id__in=campaign_ids, status__in=busy).exists():
             return
         time.sleep(0.5)
     raise AssertionError("messages still planned or sending after the timeout")
@@ -99,3 +102,84 @@ def test_ten_campaigns_on_four_worker_processes_respect_a_cap_of_one():
     recipients = Message.objects.filter(customer__in=world["recipients"])
     assert recipients.filter(status="sent").count() == 20
     assert recipients.filter(status="skipped", skip_reason="capped").count() == 9 * 20
+
+
+def _bulk_recipients(world: dict, n: int) -> list[str]:
+    """n consenting customers who each just bought a phone, created in a few statements."""
+    from django.utils import timezone
+
+    from customers.importing import customer_stats_refresh
+    from customers.models import Customer, Order, OrderLine
+
+    now = timezone.now()
+    Customer.objects.bulk_create(
+        Customer(external_id=f"K{i}", email=f"k{i}@example.com", marketing_consent=True, consent_at=now)
+        for i in range(n)
+    )
+    customers = list(Customer.objects.filter(external_id__startswith="K"))
+    Order.objects.bulk_create(
+        Order(external_id=f"KO{c.pk}", customer=c, placed_at=now - timezone.timedelta(hours=30), total=799)
+        for c in customers
+    )
+    phone = world["products"]["PHONE"]
+    OrderLine.objects.bulk_create(
+        OrderLine(order=o, line_no=1, product=phone, quantity=1, unit_price=799)
+        for o in Order.objects.filter(external_id__startswith="KO")
+    )
+    customer_stats_refresh()
+    return [c.email for c in customers]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_killed_mid_campaign_then_restarted_sends_nobody_twice_and_loses_nobody():
+    import signal
+
+    from campaigns.sending import messages_sweep_stuck
+
+    world = shop(recipients=0, history=30)
+    emails = _bulk_recipients(world, 5000)
+    FrequencyPolicy.objects.filter(is_default=True).update(max_messages=5)
+    c = campaign(template=world["template"], segment=world["segment"], name="Big one")
+    campaign_start(campaign=c, enqueue=False)
+    app.control.purge()
+    with SMTPServer() as smtp:
+        worker = _worker(smtp.port)
+        dispatch.delay(campaign_id=c.pk)
+        deadline = time.monotonic() + 180
+        while len(smtp.recorder.messages) < 800 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(smtp.recorder.messages) >= 800, "the worker did not get going"
+        # SIGKILL the worker and its pool processes: no cleanup, claimed messages stay "sending".
+        for pid in _process_tree(worker.pid):
+            os.kill(pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        killed_at = len(smtp.recorder.messages)
+        assert killed_at < 5000, "the campaign finished before the kill; nothing was tested"
+        app.control.purge()  # what the dead worker had prefetched or left unacknowledged
+        worker = _worker(smtp.port)
+        try:
+            dispatch.delay(campaign_id=c.pk)  # the next beat tick
+            _wait_until_settled([c.pk], timeout=300, allow_sending=True)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        counts = smtp.recorder.count_by_recipient()
+    messages_sweep_stuck(now=timezone_now() + dt.timedelta(hours=1))
+    assert max(counts.values()) == 1  # nobody got two emails
+    statuses = dict(
+        Message.objects.filter(campaign=c, customer__email__in=emails)
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    assert set(statuses) <= {"sent", "uncertain"}, statuses  # none lost, none left planned or sending
+    assert sum(statuses.values()) == 5000
+    sent = set(Message.objects.filter(campaign=c, status="sent").values_list("customer__email", flat=True))
+    assert sent <= set(counts)  # every message recorded sent was received
+    assert len(counts) >= statuses.get("sent", 0)
+
+
+def _process_tree(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    children = [int(p) for p in out.split()]
+    return [pid] + [q for child in children for q in _process_tree(child)]
