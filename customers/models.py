@@ -137,9 +137,11 @@ class Order(models.Model):
 
 
 class OrderLine(models.Model):
-    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="lines")
+    # No single-column indexes: the unique (order, line_no) and the (product, order) index cover those
+    # lookups, and every extra index slows the bulk COPY of millions of lines.
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="lines", db_index=False)
     line_no = models.PositiveIntegerField()
-    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="order_lines")
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="order_lines", db_index=False)
     # Always positive: a return is an order with status "returned", not a negative line.
     quantity = models.IntegerField()
     unit_price = models.DecimalField(max_digits=12, decimal_places=2)
