@@ -1,0 +1,88 @@
+"""Marketer templates: sandboxed, strict, escaped, bounded; refused on save with a clear message."""
+
+import pytest
+
+from campaigns.admin.campaigns import EmailTemplateForm
+from campaigns.rendering import RenderError, email_render, links_rewrite, sample_context
+
+pytestmark = pytest.mark.django_db  # the admin form checks the name is unique
+
+ATTACKS = {
+    "mro": "{{ ''.__class__.__mro__ }}",
+    "attr filter": "{{ customer|attr('__class__') }}",
+    "format_map": "{{ '{0.__class__.__mro__}'.format_map(customer) }}",
+    "format": "{{ '{0.__init__.__globals__}'.format(customer) }}",
+    "power": "{{ ((9**99)**99)**99 }}",
+    "huge range": "{% for i in range(10**8) %}x{% endfor %}",
+    "nested ranges": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+    "repeat": "{{ 'a' * 100000000 }}",
+    "undefined": "{{ no_such_variable }}",
+    "syntax": "{% if %}",
+    "mutation": "{% set x = offers.append(1) %}",
+}
+
+
+@pytest.mark.parametrize("source", ATTACKS.values(), ids=ATTACKS.keys())
+def test_attacks_fail_that_render_only(source):
+    with pytest.raises(RenderError, match=r"^HTML"):
+        email_render(subject="s", html=source, text="t", context=sample_context())
+    # The process is fine: the next render works.
+    assert (
+        "Ada"
+        in email_render(
+            subject="Hi", html="{{ customer.first_name }}", text="t", context=sample_context()
+        ).html
+    )
+
+
+@pytest.mark.parametrize("source", ATTACKS.values(), ids=ATTACKS.keys())
+def test_admin_form_refuses_them_on_save(source):
+    form = EmailTemplateForm(
+        data={"name": "x", "layout": "email/base.html", "subject": "s", "html": source, "text": "t"}
+    )
+    assert not form.is_valid()
+    assert "does not render" in str(form.errors)
+
+
+def test_a_good_template_saves():
+    form = EmailTemplateForm(
+        data={
+            "name": "ok",
+            "layout": "email/base.html",
+            "subject": "Hi {{ customer.first_name }}",
+            "html": "{% for o in offers %}<a href='{{ o.url }}'>{{ o.name }}</a>{% endfor %}",
+            "text": "t",
+        }
+    )
+    assert form.is_valid(), form.errors
+
+
+def test_html_is_escaped_text_is_not_and_css_is_inlined():
+    ctx = sample_context()
+    ctx["customer"]["first_name"] = "<script>alert(1)</script>"
+    out = email_render(
+        subject="{{ customer.first_name }}",
+        html="<p class='x'>{{ customer.first_name }}</p>",
+        text="{{ customer.first_name }}",
+        context=ctx,
+    )
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out.html and "<script>alert" not in out.html
+    assert "<script>alert(1)</script>" in out.text
+    assert 'style="' in out.html  # the layout's <style> was inlined for mail clients
+
+
+def test_error_names_the_part_and_line():
+    with pytest.raises(RenderError, match=r"^text, line 2: .*UndefinedError"):
+        email_render(subject="s", html="h", text="ok\n{{ nope }}", context=sample_context())
+    with pytest.raises(RenderError, match="subject: renders to an empty line"):
+        email_render(subject="{{ '' }}", html="h", text="t", context=sample_context())
+
+
+def test_links_are_rewritten_but_only_absolute_http_links():
+    seen = []
+    html = links_rewrite(
+        html='<a href="https://shop.example/a?x=1&amp;y=2">a</a> <a href="mailto:x@y">m</a> <a href="#top">t</a>',
+        track=lambda url: seen.append(url) or "https://t.example/c/1",
+    )
+    assert seen == ["https://shop.example/a?x=1&y=2"]
+    assert 'href="mailto:x@y"' in html and 'href="#top"' in html and 'href="https://t.example/c/1"' in html
