@@ -33,7 +33,7 @@ def campaign_audience(campaign: Campaign, now: dt.datetime):
             segment=campaign.segment, now=now
         )
     everyone = segment_queryset(rules={}, now=now)
-    return everyone, everyone.filter(marketing_consent=True, suppressed_reason="").exclude(email="")
+    return everyone, everyone.mailable(now)
 
 
 def _status(campaign: Campaign, customer_id: int, mailable: bool) -> tuple[str, str]:

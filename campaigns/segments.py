@@ -88,12 +88,8 @@ def segment_queryset(*, rules: dict, now: dt.datetime | None = None) -> QuerySet
 
 
 def segment_audience(*, segment, now: dt.datetime | None = None) -> QuerySet[Customer]:
-    """The segment's mailable customers: with an email address, consenting and not suppressed."""
-    return (
-        segment_queryset(rules=segment.rules, now=now)
-        .filter(marketing_consent=True, suppressed_reason=Customer.Suppression.NONE)
-        .exclude(email="")
-    )
+    """The segment's mailable customers: with an email address, consenting, not suppressed or pausing."""
+    return segment_queryset(rules=segment.rules, now=now).mailable(now)
 
 
 def segment_preview(*, segment, sample: int = 10, now: dt.datetime | None = None) -> dict:

@@ -282,6 +282,9 @@ def one_click_unsubscribe(request, token):
     return _private(HttpResponse("Unsubscribed.\n", content_type="text/plain; charset=utf-8"))
 
 
+PAUSES = {"pause30": 30, "pause90": 90}
+
+
 def preferences(request, token):
     row = _message_row(token, "preferences")
     if row is None:
@@ -291,7 +294,12 @@ def preferences(request, token):
         return _page(request, "public/preferences.html", {"subscribed": subscribed})
     if request.method != "POST":
         return HttpResponseNotAllowed(["GET", "HEAD", "POST"])
-    if request.POST.get("choice") == "leave":
+    choice = request.POST.get("choice")
+    if choice == "leave":
         _unsubscribe(request, row, "preferences")
         return _done(request, *_UNSUBSCRIBED)
+    if choice in PAUSES:
+        until = timezone.now() + dt.timedelta(days=PAUSES[choice])
+        Customer.objects.filter(pk=row["customer_id"]).update(paused_until=until)
+        return _done(request, "Taking a break", f"No product suggestions from us until {until:%-d %B %Y}.")
     return _done(request, "Nothing changed", "You will keep receiving our product suggestions.")

@@ -1,5 +1,17 @@
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
+
+
+class CustomerQuerySet(models.QuerySet):
+    def mailable(self, now=None):
+        """Consenting, not suppressed, not pausing, with an address: who marketing email may reach."""
+        now = now or timezone.now()
+        return self.filter(
+            Q(paused_until__isnull=True) | Q(paused_until__lte=now),
+            marketing_consent=True,
+            suppressed_reason="",
+        ).exclude(email="")
 
 
 class Customer(models.Model):
@@ -24,6 +36,9 @@ class Customer(models.Model):
         max_length=16, choices=Suppression.choices, blank=True, default=Suppression.NONE
     )
     suppressed_at = models.DateTimeField(null=True, blank=True)
+    paused_until = models.DateTimeField(
+        null=True, blank=True, help_text="The customer asked for a break from cross-sell emails until then."
+    )
     # Lifetime figures kept by customer_stats_refresh() after each import, so list pages and segments
     # read a column instead of aggregating millions of order rows.
     orders_count = models.PositiveIntegerField(default=0)
@@ -32,6 +47,8 @@ class Customer(models.Model):
     last_order_at = models.DateTimeField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = CustomerQuerySet.as_manager()
 
     class Meta:
         constraints = [
@@ -64,7 +81,8 @@ class Customer(models.Model):
 
     @property
     def is_mailable(self) -> bool:
-        return bool(self.email) and self.marketing_consent and not self.suppressed_reason
+        paused = self.paused_until is not None and self.paused_until > timezone.now()
+        return bool(self.email) and self.marketing_consent and not self.suppressed_reason and not paused
 
     @property
     def average_order_value(self):

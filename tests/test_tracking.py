@@ -378,3 +378,22 @@ def test_no_customer_data_in_links(message):
         path = url(name, token, purpose)
         assert customer.email not in path and f"/{customer.pk}/" not in path
         assert customer.external_id not in path
+
+
+@pytest.mark.django_db
+def test_a_pause_stops_cross_sell_emails_until_it_ends(client, message):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    msg, _ = message
+    response = client.post(url("preferences", msg.token), {"choice": "pause30"})
+    assert response.status_code == 200
+    customer = Customer.objects.get(pk=msg.customer_id)
+    assert customer.paused_until is not None
+    assert 29 <= (customer.paused_until - timezone.now()).days <= 30
+    assert not customer.is_mailable and customer.suppressed_reason == ""
+    assert not Customer.objects.filter(pk=customer.pk).mailable().exists()
+    later = timezone.now() + dt.timedelta(days=31)
+    assert Customer.objects.filter(pk=customer.pk).mailable(later).exists()
+    assert client.get(url("preferences", msg.token)).status_code == 200  # GET changes nothing more
