@@ -7,7 +7,8 @@ state: accepting and unsubscribing are POSTs behind a confirmation page, except 
 POST, which needs no cookie or CSRF token and answers 200. Open, click and accept links expire
 TRACKING_TOKEN_DAYS (365) after sending; unsubscribe and preference links never do.
 
-The pixel and the click are hot paths: on PostgreSQL one statement each (campaigns.events).
+The pixel and the click are hot paths: on PostgreSQL one statement each (campaigns.events), which also
+keeps the message's first-touch columns (opened_at, clicked_at) that reports count.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ _NO_CACHE = "no-store, no-cache, must-revalidate, max-age=0, private"
 def _private(response: HttpResponse) -> HttpResponse:
     # Tokens are capabilities: keep them out of caches, search engines and the next site's Referer.
     response["Cache-Control"] = _NO_CACHE
-    response["Referrer-Policy"] = "no-referrer"
+    # "same-origin", not "no-referrer": with no-referrer browsers send "Origin: null" on our own form
+    # POSTs (accept, unsubscribe) and Django's CSRF check refuses them; other sites still get no Referer.
+    response["Referrer-Policy"] = "same-origin"
     response["X-Robots-Tag"] = "noindex, nofollow"
     return response
 
@@ -63,7 +66,7 @@ def _message_row(value: str, purpose: str) -> dict | None:
         return None
     return (
         Message.objects.filter(token=token)
-        .values("pk", "customer_id", "sent_at", "created_at", "token")
+        .values("pk", "customer_id", "campaign_id", "sent_at", "created_at", "token")
         .first()
     )
 
@@ -101,6 +104,7 @@ def open_pixel(request, token):
             event_record(
                 kind=Event.Kind.OPEN,
                 message_id=row["pk"],
+                campaign_id=row["campaign_id"],
                 customer_id=row["customer_id"],
                 request=request,
                 machine_reason=_open_reason(request),
@@ -136,6 +140,7 @@ def _click_record(link_token: str, request, now: dt.datetime) -> str | None:
             "is_honeypot",
             "message_id",
             "offer_id",
+            "message__campaign_id",
             "message__customer_id",
             "message__sent_at",
             "message__created_at",
@@ -154,6 +159,7 @@ def _click_record(link_token: str, request, now: dt.datetime) -> str | None:
     event_record(
         kind=Event.Kind.CLICK,
         message_id=link["message_id"],
+        campaign_id=link["message__campaign_id"],
         customer_id=link["message__customer_id"],
         offer_id=link["offer_id"],
         request=request,
@@ -219,6 +225,7 @@ def accept(request, token):
             event_record(
                 kind=Event.Kind.ACCEPT,
                 message_id=offer.message_id,
+                campaign_id=offer.message.campaign_id,
                 customer_id=offer.message.customer_id,
                 offer_id=offer.pk,
                 request=request,
@@ -238,6 +245,7 @@ def _unsubscribe(request, row: dict, source: str) -> None:
         event_record(
             kind=Event.Kind.UNSUBSCRIBE,
             message_id=row["pk"],
+            campaign_id=row["campaign_id"],
             customer_id=row["customer_id"],
             request=request,
             occurred_at=now,
