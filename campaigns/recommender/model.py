@@ -16,12 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from .candidates import ItemStats, item_stats_fit
 from .features import FEATURES, candidates_build, features_build, profiles_build, sources_compute
@@ -84,7 +78,30 @@ def fallback_scores(cols: dict[str, np.ndarray]) -> np.ndarray:
 THREADS = int(os.environ.get("RECOMMENDER_THREADS", "1"))
 
 
+_controller = None
+
+
+def _threads():
+    """Limit OpenMP/BLAS threads for a block. The controller scans the loaded libraries once per process
+    (~15 ms, too much for an API request); limiting through it afterwards costs microseconds."""
+    global _controller
+    if _controller is None:
+        import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime the controller must see)
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=THREADS)
+
+
 def _make(algorithm: str, params: dict, seed: int):
+    # sklearn is imported here, not at module level: it costs ~2 s of start-up to every management
+    # command and web process that merely imports the recommender.
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     if algorithm == "hist_gradient_boosting":
         return HistGradientBoostingClassifier(random_state=seed, early_stopping=False, **params)
     return make_pipeline(
@@ -174,7 +191,7 @@ def set_metrics(s: ExampleSet, scores: np.ndarray, n_items: int, k: int = 10) ->
 
 
 def recommender_train(**kwargs) -> Recommender:
-    with threadpool_limits(limits=THREADS):
+    with _threads():
         return _train(**kwargs)
 
 
@@ -275,7 +292,7 @@ def _restrict(s: ExampleSet, keep: np.ndarray) -> ExampleSet:
 
 
 def recommender_rank(**kwargs) -> tuple[pd.DataFrame, object]:
-    with threadpool_limits(limits=THREADS):
+    with _threads():
         return _rank(**kwargs)
 
 
@@ -321,7 +338,11 @@ def _rank(
         "trend",
     ):
         pairs[name] = cols[name]
-    pairs = pairs.loc[pairs["score"].to_numpy() >= min_score]
-    pairs = pairs.sort_values(["r", "score", "item"], ascending=[True, False, True], kind="stable")
-    pairs = pairs.loc[pairs.groupby("r").cumcount() < k]
-    return pairs.reset_index(drop=True), profiles
+    score = pairs["score"].to_numpy()
+    keep = np.flatnonzero(score >= min_score)
+    r = pairs["r"].to_numpy()[keep]
+    order = keep[np.lexsort((pairs["item"].to_numpy()[keep], -score[keep], r))]
+    r = pairs["r"].to_numpy()[order]
+    rank = np.arange(len(order)) - np.searchsorted(r, r, side="left")
+    top = order[rank < k]
+    return pd.DataFrame({name: pairs[name].to_numpy()[top] for name in pairs.columns}), profiles
