@@ -106,45 +106,39 @@ def data_generate(*, n: int, seed: int = 1) -> int:
     skip = np.where(status != "skipped", "", np.where(draw < 0.996, "suppressed", "capped"))
     sent = status == "sent"
     sent_at = pd.Series(T0 + seconds(rng, n, 2)).where(sent)
-    bulk_insert(
-        Message,
-        pd.DataFrame(
-            {
-                "id": ids,
-                "campaign_id": campaign.pk,
-                "run_id": run.pk,
-                "customer_id": ids,
-                "status": status,
-                "skip_reason": skip,
-                "token": [f"m{i}" for i in ids],
-                "created_at": T0,
-                "sent_at": sent_at,
-                "attempts": sent.astype(int),
-                "message_id": "",
-                "error": "",
-                "is_simulated": False,
-            }
-        ),
+    message_frame = pd.DataFrame(
+        {
+            "id": ids,
+            "campaign_id": campaign.pk,
+            "run_id": run.pk,
+            "customer_id": ids,
+            "status": status,
+            "skip_reason": skip,
+            "token": [f"m{i}" for i in ids],
+            "created_at": T0,
+            "sent_at": sent_at,
+            "attempts": sent.astype(int),
+            "message_id": "",
+            "error": "",
+            "is_simulated": False,
+        }
     )
     sent_ids = ids[sent]
     m = len(sent_ids)
     first_product = rng.integers(0, len(product_ids) - 1, m)
     offer_ids = np.arange(1, 2 * m + 1)
-    bulk_insert(
-        Offer,
-        pd.DataFrame(
-            {
-                "id": offer_ids,
-                "message_id": np.repeat(sent_ids, 2),
-                "product_id": product_ids[np.column_stack([first_product, first_product + 1]).ravel()],
-                "rank": np.tile([1, 2], m),
-                "score": rng.random(2 * m).round(4),
-                "reason": "bought together",
-                "model_version_id": version.pk,
-                "token": [f"o{i}" for i in offer_ids],
-                "created_at": T0,
-            }
-        ),
+    offer_frame = pd.DataFrame(
+        {
+            "id": offer_ids,
+            "message_id": np.repeat(sent_ids, 2),
+            "product_id": product_ids[np.column_stack([first_product, first_product + 1]).ravel()],
+            "rank": np.tile([1, 2], m),
+            "score": rng.random(2 * m).round(4),
+            "reason": "bought together",
+            "model_version_id": version.pk,
+            "token": [f"o{i}" for i in offer_ids],
+            "created_at": T0,
+        }
     )
     sent_time = sent_at[sent].to_numpy()
 
@@ -155,6 +149,7 @@ def data_generate(*, n: int, seed: int = 1) -> int:
             {
                 "kind": kind,
                 "message_id": sent_ids[idx],
+                "campaign_id": campaign.pk,
                 "offer_id": (2 * idx + 1) if offer_rank1 else np.nan,
                 "customer_id": sent_ids[idx],
                 "occurred_at": pd.DatetimeIndex(sent_time[idx]) + seconds(rng, len(idx), 5),
@@ -179,6 +174,20 @@ def data_generate(*, n: int, seed: int = 1) -> int:
     ]
     event_frame = pd.concat(frames, ignore_index=True)
     event_frame["offer_id"] = event_frame["offer_id"].astype("Int64")
+    # The messages' first-touch columns, as the tracking paths keep them (Event.FIRST_TOUCH).
+    for kind, fields in Event.FIRST_TOUCH.items():
+        hits = event_frame[event_frame["kind"].isin([kind])]
+        if kind in Event.HUMAN_ONLY:
+            hits = hits[~hits["is_machine"]]
+        first = hits.groupby("message_id")["occurred_at"].min()
+        for field in fields:
+            earlier = message_frame.get(
+                field, pd.Series(pd.NaT, index=message_frame.index, dtype=first.dtype)
+            )
+            touch = message_frame["id"].map(first)
+            message_frame[field] = touch.where(~(earlier < touch) & touch.notna(), earlier)
+    bulk_insert(Message, message_frame)
+    bulk_insert(Offer, offer_frame)
     bulk_insert(Event, event_frame)
 
     # Orders in the window: 5% of recipients and 4% of the holdout; a third of recipients' orders and

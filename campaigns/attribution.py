@@ -196,6 +196,7 @@ def conversions_attribute(*, order_ids: Iterable[int]) -> int:
                         Event(
                             kind=Event.Kind.CONVERSION,
                             message_id=r["message_id"],
+                            campaign_id=r["campaign_id"],
                             offer_id=r["offer_id"],
                             customer_id=r["customer_id"],
                             occurred_at=r["placed_at"],

@@ -16,6 +16,7 @@ from customers.importing import customer_stats_refresh
 from customers.models import Order, OrderLine
 
 from .caps import policy_default
+from .events import messages_first_touch_refresh
 from .models import Campaign, Conversion, EmailTemplate, Event, Message, Segment
 
 DEMO_CAMPAIGN = "Demo: post-purchase add-ons"
@@ -122,6 +123,7 @@ def demo_events_simulate(*, campaign: Campaign, seed: int = 7) -> dict[str, int]
                     (message.customer_id, [line.product], message.created_at + dt.timedelta(days=3))
                 )
     Event.objects.bulk_create(events, ignore_conflicts=True)
+    messages_first_touch_refresh(message_ids=sorted({e.message_id for e in events}))
     order_ids = []
     for i, (customer_id, products, when) in enumerate(new_orders):
         order = Order.objects.create(
@@ -152,6 +154,7 @@ def _event(message: Message, kind: str, when: dt.datetime, offer=None, machine: 
     return Event(
         kind=kind,
         message=message,
+        campaign_id=message.campaign_id,
         offer=offer,
         customer_id=message.customer_id,
         occurred_at=when,

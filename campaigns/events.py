@@ -16,6 +16,7 @@ import re
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Min, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from customers.models import Customer
@@ -116,17 +117,19 @@ def event_record(
     kind: str,
     message_id: int,
     customer_id: int,
+    campaign_id: int | None = None,
     offer_id: int | None = None,
     request=None,
     machine_reason: str = "",
     occurred_at: dt.datetime | None = None,
     meta: dict | None = None,
 ) -> Event:
-    """One INSERT: the event, with the request's facts when there is a request."""
+    """One INSERT: the event, with the request's facts when there is a request (and its first touch)."""
     facts = client_facts(request) if request is not None else {}
     event = Event(
         kind=kind,
         message_id=message_id,
+        campaign_id=campaign_id,
         offer_id=offer_id,
         customer_id=customer_id,
         occurred_at=occurred_at or timezone.now(),
@@ -137,6 +140,29 @@ def event_record(
     )
     event.save(force_insert=True)
     return event
+
+
+def _first_touch_kinds() -> dict[str, list[str]]:
+    """Message column → the event kinds whose earliest occurrence it holds."""
+    kinds: dict[str, list[str]] = {}
+    for kind, fields in Event.FIRST_TOUCH.items():
+        for field in fields:
+            kinds.setdefault(field, []).append(kind)
+    return kinds
+
+
+def messages_first_touch_refresh(*, message_ids) -> None:
+    """Recompute the messages' first-touch columns from their events (after a bulk insert of events)."""
+    messages = Message.objects.filter(pk__in=message_ids)
+    for field, kinds in _first_touch_kinds().items():
+        human = Q(is_machine=False) | ~Q(kind__in=Event.HUMAN_ONLY)
+        first = (
+            Event.objects.filter(human, message=OuterRef("pk"), kind__in=kinds)
+            .values("message")
+            .annotate(t=Min("occurred_at"))
+            .values("t")
+        )
+        messages.update(**{field: Subquery(first)})
 
 
 def customer_suppress(*, customer_id: int, reason: str, now: dt.datetime | None = None) -> bool:
@@ -153,31 +179,41 @@ def customer_suppress(*, customer_id: int, reason: str, now: dt.datetime | None 
 # The pixel and the click redirect are the hot paths. On PostgreSQL each is one statement: find the row
 # by token (not expired), insert the event, commit without waiting for the WAL flush (set_config(...,
 # true) is local to the statement's own transaction), and for a click return the stored URL.
+# A person's open or click also moves the message's first-touch columns (Event.FIRST_TOUCH) back to now,
+# in the same statement; a later open finds them set and updates nothing.
 _EVENT_INSERT = """
-INSERT INTO campaigns_event (kind, message_id, offer_id, customer_id, occurred_at, user_agent, ip_hash,
-                             is_machine, machine_reason, is_simulated, meta)
-SELECT %(kind)s, hit.message_id, hit.offer_id, hit.customer_id, %(now)s, %(user_agent)s, %(ip_hash)s,
-       hit.reason <> '', hit.reason, false, '{}'::jsonb
+INSERT INTO campaigns_event (kind, message_id, campaign_id, offer_id, customer_id, occurred_at, user_agent,
+                             ip_hash, is_machine, machine_reason, is_simulated, meta)
+SELECT %(kind)s, hit.message_id, hit.campaign_id, hit.offer_id, hit.customer_id, %(now)s, %(user_agent)s,
+       %(ip_hash)s, hit.reason <> '', hit.reason, false, '{}'::jsonb
 FROM hit, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 """
 _OPEN_SQL = (
     """
 WITH hit AS (
-  SELECT id AS message_id, NULL::bigint AS offer_id, customer_id, %(reason)s::varchar AS reason
+  SELECT id AS message_id, campaign_id, NULL::bigint AS offer_id, customer_id, %(reason)s::varchar AS reason
   FROM campaigns_message WHERE token = %(token)s AND COALESCE(sent_at, created_at) >= %(oldest)s
+), touched AS (
+  UPDATE campaigns_message m SET opened_at = %(now)s FROM hit
+  WHERE m.id = hit.message_id AND hit.reason = '' AND (m.opened_at IS NULL OR m.opened_at > %(now)s)
 )"""
     + _EVENT_INSERT
 )
 _CLICK_SQL = (
     """
 WITH hit AS (
-  SELECT l.url, l.message_id, l.offer_id, m.customer_id,
+  SELECT l.url, l.message_id, m.campaign_id, l.offer_id, m.customer_id,
          CASE WHEN l.is_honeypot THEN 'honeypot link'
               WHEN %(reason)s <> '' THEN %(reason)s
               WHEN m.sent_at > %(too_soon)s THEN 'click too soon after delivery'
               ELSE '' END::varchar AS reason
   FROM campaigns_trackedlink l JOIN campaigns_message m ON m.id = l.message_id
   WHERE l.token = %(token)s AND COALESCE(m.sent_at, m.created_at) >= %(oldest)s
+), touched AS (
+  UPDATE campaigns_message m
+  SET opened_at = LEAST(m.opened_at, %(now)s), clicked_at = LEAST(m.clicked_at, %(now)s) FROM hit
+  WHERE m.id = hit.message_id AND hit.reason = ''
+    AND (m.clicked_at IS NULL OR m.clicked_at > %(now)s OR m.opened_at IS NULL OR m.opened_at > %(now)s)
 ), inserted AS ("""
     + _EVENT_INSERT
     + """  RETURNING id
@@ -228,7 +264,9 @@ _ESP_KINDS = {
 def _esp_message(event) -> Message | None:
     token = (event.metadata or {}).get("xsell_message")
     if token:
-        found = Message.objects.filter(token=str(token)).only("pk", "customer_id", "error").first()
+        found = (
+            Message.objects.filter(token=str(token)).only("pk", "customer_id", "campaign_id", "error").first()
+        )
         if found is not None:
             return found
     message_id = (event.message_id or "").strip().strip("<>")
@@ -236,7 +274,7 @@ def _esp_message(event) -> Message | None:
         return None
     return (
         Message.objects.filter(message_id__in=[message_id, f"<{message_id}>"])
-        .only("pk", "customer_id", "error")
+        .only("pk", "customer_id", "campaign_id", "error")
         .first()
     )
 
@@ -265,6 +303,7 @@ def esp_event_record(*, event, esp_name: str = "") -> Event | None:
         return Event.objects.create(
             kind=kind,
             message_id=message.pk,
+            campaign_id=message.campaign_id,
             customer_id=message.customer_id,
             occurred_at=event.timestamp or now,
             user_agent=(event.user_agent or "")[:UA_MAX],

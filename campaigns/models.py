@@ -239,6 +239,12 @@ class Message(models.Model):
     message_id = models.CharField(max_length=255, blank=True)
     error = models.TextField(blank=True)
     is_simulated = models.BooleanField(default=False)
+    # First touches, the earliest event of each kind (see Event.FIRST_TOUCH), kept as events are recorded:
+    # a report counts a million messages' funnel in one pass over them instead of grouping their events.
+    delivered_at = models.DateTimeField(null=True, blank=True, help_text="First ESP delivered event.")
+    opened_at = models.DateTimeField(null=True, blank=True, help_text="First open or click by a person.")
+    clicked_at = models.DateTimeField(null=True, blank=True, help_text="First click by a person.")
+    accepted_at = models.DateTimeField(null=True, blank=True, help_text="First accepted offer.")
 
     class Meta:
         constraints = [
@@ -316,9 +322,24 @@ class Event(models.Model):
         COMPLAINT = "complaint", "Complained"
         CONVERSION = "conversion", "Converted"
 
+    # The Message columns an event's first occurrence sets; opens and clicks only when made by a person.
+    FIRST_TOUCH = {
+        Kind.DELIVERED: ("delivered_at",),
+        Kind.OPEN: ("opened_at",),
+        Kind.CLICK: ("opened_at", "clicked_at"),
+        Kind.ACCEPT: ("accepted_at",),
+    }
+    HUMAN_ONLY = (Kind.OPEN, Kind.CLICK)
+
     kind = models.CharField(max_length=16, choices=Kind.choices)
+    # The (message, kind) index serves lookups by message.
     message = models.ForeignKey(
-        Message, on_delete=models.CASCADE, null=True, blank=True, related_name="events"
+        Message, on_delete=models.CASCADE, null=True, blank=True, related_name="events", db_index=False
+    )
+    # The message's campaign, copied on insert, so a report reads a campaign's events without joining
+    # its million messages.
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, null=True, blank=True, related_name="+", db_index=False
     )
     offer = models.ForeignKey(Offer, on_delete=models.CASCADE, null=True, blank=True, related_name="events")
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="events")
@@ -339,10 +360,32 @@ class Event(models.Model):
         indexes = [
             models.Index(fields=["message", "kind"], name="event_message_kind_idx"),
             models.Index(fields=["customer", "occurred_at"], name="event_customer_time_idx"),
+            models.Index(fields=["campaign", "kind", "message"], name="event_campaign_kind_idx"),
+            models.Index(
+                fields=["campaign"], condition=Q(is_simulated=True), name="event_campaign_simulated_idx"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.kind} at {self.occurred_at:%Y-%m-%d %H:%M}"
+
+    def save(self, *args, **kwargs):
+        """Save, copying the message's campaign and moving its first-touch columns back to this event.
+
+        Bulk inserts skip this: they set campaign_id and call campaigns.events.messages_first_touch_refresh.
+        """
+        if self.message_id is not None and self.campaign_id is None:
+            self.campaign_id = self.message.campaign_id
+        super().save(*args, **kwargs)
+        for field in self.first_touch_fields():
+            Message.objects.filter(
+                Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__gt": self.occurred_at}), pk=self.message_id
+            ).update(**{field: self.occurred_at})
+
+    def first_touch_fields(self) -> tuple[str, ...]:
+        if self.message_id is None or (self.is_machine and self.kind in self.HUMAN_ONLY):
+            return ()
+        return self.FIRST_TOUCH.get(self.kind, ())
 
 
 class Conversion(models.Model):

@@ -91,7 +91,7 @@ def scope_report(*, scope: dict) -> dict:
     """Every metric of a scope of messages: the body of a campaign report and of the overview."""
     with _report_session():
         messages = message_summary(scope=scope)
-        events = event_summary(scope=scope)
+        events = event_summary(scope=scope, messages=messages)
         money = conversion_summary(scope=scope)
         recipients_orders = window_orders(scope=scope, status=SENT)
         holdout_orders = window_orders(scope=scope, status=HOLDOUT)
