@@ -78,7 +78,7 @@ def main() -> None:
     )
     print(f"load average: {os.getloadavg()[0]:.2f}")
     if profiler:
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(35)
+        pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(35)
 
 
 if __name__ == "__main__":

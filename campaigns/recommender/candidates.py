@@ -213,15 +213,30 @@ def top_per_row(m: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
     return rows[pick], m.indices[pick]
 
 
-def lookup(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """m[rows[i], cols[i]] for every i, vectorised (0 where nothing is stored)."""
+@dataclass(frozen=True)
+class PairIndex:
+    """A sparse matrix's stored (row, col) pairs as sorted int64 keys: build once, look up often."""
+
+    keys: np.ndarray
+    data: np.ndarray
+    n_cols: int
+
+    def get(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        want = np.asarray(rows, dtype=np.int64) * np.int64(self.n_cols) + cols
+        if not len(self.keys):
+            return np.zeros(len(want), np.float32)
+        pos = np.clip(np.searchsorted(self.keys, want), 0, len(self.keys) - 1)
+        return np.where(self.keys[pos] == want, self.data[pos], 0.0).astype(np.float32)
+
+
+def pair_index(m: sp.spmatrix) -> PairIndex:
     m = m.tocsr()
     m.sort_indices()
     n_cols = np.int64(m.shape[1])
     keys = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) * n_cols + m.indices
-    want = rows.astype(np.int64) * n_cols + cols
-    pos = np.searchsorted(keys, want)
-    pos = np.clip(pos, 0, max(len(keys) - 1, 0))
-    if not len(keys):
-        return np.zeros(len(want), np.float32)
-    return np.where(keys[pos] == want, m.data[pos], 0.0).astype(np.float32)
+    return PairIndex(keys=keys, data=m.data, n_cols=int(n_cols))
+
+
+def lookup(m: sp.spmatrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """m[rows[i], cols[i]] for every i, vectorised (0 where nothing is stored)."""
+    return pair_index(m).get(rows, cols)

@@ -102,7 +102,7 @@ def lines_load(
     where, params = ["o.status IN ('placed', 'returned')"], []
     if customer_ids is not None:
         if not customer_ids:
-            return _typed([]).assign(returned=np.zeros(0, bool), item=np.zeros(0, np.int64))
+            return _lines_frame({name: np.zeros(0) for name in LINE_COLUMNS}, catalogue)
         if connection.vendor == "postgresql":
             where.append("o.customer_id = ANY(%s)")
             params.append(list(map(int, customer_ids)))
@@ -120,54 +120,35 @@ def lines_load(
     if customer_ids is not None:
         frame = _rows_frame(sql, params)
     else:
-        frame = _frame(sql, params, LINE_COLUMNS).astype(
-            {
-                "customer": np.int64,
-                "order": np.int64,
-                "t": np.float64,
-                "product": np.int64,
-                "quantity": np.int32,
-                "amount": np.float64,
-            }
-        )
-    frame["t"] = frame["t"] / DAY
+        loaded = _frame(sql, params, LINE_COLUMNS)
+        frame = {name: loaded[name].to_numpy() for name in LINE_COLUMNS}
+    return _lines_frame(frame, catalogue)
+
+
+def _lines_frame(frame: dict[str, np.ndarray], catalogue: Catalogue) -> pd.DataFrame:
+    frame["customer"] = frame["customer"].astype(np.int64)
+    frame["order"] = frame["order"].astype(np.int64)
+    frame["t"] = frame["t"].astype(np.float64) / DAY
+    frame["product"] = frame["product"].astype(np.int64)
+    frame["quantity"] = frame["quantity"].astype(np.int32)
+    frame["amount"] = frame["amount"].astype(np.float64)
     frame["returned"] = frame["returned"].astype(bool)
-    item = catalogue.index_of(frame["product"].to_numpy())
+    item = catalogue.index_of(frame["product"])
     # The database returns rows in no particular order; ties (same time, same score) must not depend on it.
     keep = np.flatnonzero(item >= 0)
-    order = keep[
-        np.lexsort(
-            (
-                item[keep],
-                frame["order"].to_numpy()[keep],
-                frame["t"].to_numpy()[keep],
-                frame["customer"].to_numpy()[keep],
-            )
-        )
-    ]
-    return pd.DataFrame(
-        {name: frame[name].to_numpy()[order] for name in LINE_COLUMNS} | {"item": item[order]}
-    )
+    order = keep[np.lexsort((item[keep], frame["order"][keep], frame["t"][keep], frame["customer"][keep]))]
+    return pd.DataFrame({name: frame[name][order] for name in LINE_COLUMNS} | {"item": item[order]})
 
 
-def _rows_frame(sql: str, params: list) -> pd.DataFrame:
+def _rows_frame(sql: str, params: list) -> dict[str, np.ndarray]:
     """A bounded SELECT (some customers' history) straight into typed arrays: per call, a cursor's
     fetchall beats COPY, whose rows arrive as one message each."""
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return _typed(cursor.fetchall())
-
-
-def _typed(rows: list[tuple]) -> pd.DataFrame:
+        rows = cursor.fetchall()
     # One C-level conversion of the tuples; ids and quantities are exact in float64 (< 2**53).
     values = np.array(rows, dtype=np.float64).reshape(len(rows), len(LINE_COLUMNS))
-    dtypes = [np.int64, np.int64, np.float64, np.int64, np.int32, np.float64, np.int8]
-    return pd.DataFrame(
-        {
-            name: values[:, i].astype(dtype)
-            for i, (name, dtype) in enumerate(zip(LINE_COLUMNS, dtypes, strict=True))
-        }
-    )
+    return {name: values[:, i] for i, name in enumerate(LINE_COLUMNS)}
 
 
 def customer_pks(external_ids: list[str]) -> dict[str, int]:

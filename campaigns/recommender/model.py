@@ -9,6 +9,7 @@ probabilities (of buying the product within the horizon, for a customer who buys
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -24,6 +25,11 @@ from .metrics import rank_top, ranking_metrics
 log = logging.getLogger(__name__)
 
 COMPLEMENT_PRIOR = 0.3
+# Scoring: trees that rank every candidate before only the best CASCADE_KEEP * k per customer are
+# finished (at least CASCADE_MIN); see Recommender.predict.
+CASCADE_TREES = 30
+CASCADE_KEEP = 5
+CASCADE_MIN = 40
 CANDIDATES = {"train": 150, "score": 50}
 GRID = [
     (
@@ -49,14 +55,44 @@ class Recommender:
     metrics: dict = field(default_factory=dict)
     features: list[str] = field(default_factory=lambda: list(FEATURES))
 
-    def predict(self, x: np.ndarray, sources: dict[str, np.ndarray]) -> np.ndarray:
+    def predict(
+        self,
+        x: np.ndarray,
+        sources: dict[str, np.ndarray],
+        *,
+        rows: np.ndarray | None = None,
+        keep_per_row: int | None = None,
+    ) -> np.ndarray:
+        """Scores in [0, 1). With rows and keep_per_row, a boosted model first scores every pair with
+        its first CASCADE_TREES trees and finishes only each row's keep_per_row best (and every
+        complement); the other pairs get NaN, which no comparison with a minimum score lets through."""
         if self.classifier is None:
             return fallback_scores(sources)
-        p = self.classifier.predict_proba(x)[:, 1]
+        complement = np.minimum(sources["complement"], 1.0)
+        p = self._proba(x, rows, keep_per_row, complement)
         odds = p / np.maximum(1.0 - p, 1e-9) * self.neg_rate
         out = odds / (1.0 + odds)
         # The marketer's complements carry knowledge the history may not have: lift them explicitly.
-        return out + (1.0 - out) * COMPLEMENT_PRIOR * np.minimum(sources["complement"], 1.0)
+        return out + (1.0 - out) * COMPLEMENT_PRIOR * complement
+
+    def _proba(self, x, rows, keep_per_row, complement) -> np.ndarray:
+        staged = getattr(self.classifier, "staged_decision_function", None)
+        n_trees = getattr(self.classifier, "n_iter_", 0)
+        if rows is None or keep_per_row is None or staged is None or n_trees < 2 * CASCADE_TREES:
+            return self.classifier.predict_proba(x)[:, 1]
+        counts = np.bincount(rows)
+        if counts.max(initial=0) <= keep_per_row:
+            return self.classifier.predict_proba(x)[:, 1]
+        # Every tree costs one pass over the pairs; the first trees already sort the hopeless
+        # majority of a customer's few hundred candidates to the bottom.
+        partial = next(itertools.islice(staged(x), CASCADE_TREES - 1, None))
+        order = np.lexsort((-partial, rows))
+        rank = np.empty(len(rows), np.int64)
+        rank[order] = np.arange(len(rows)) - np.searchsorted(rows[order], rows[order], side="left")
+        finish = np.flatnonzero((rank < keep_per_row) | (complement > 0))
+        p = np.full(len(rows), np.nan)
+        p[finish] = self.classifier.predict_proba(x[finish])[:, 1]
+        return p
 
 
 def fallback_scores(cols: dict[str, np.ndarray]) -> np.ndarray:
@@ -309,6 +345,7 @@ def _rank(
     per_source: int = CANDIDATES["score"],
     min_score: float = 0.0,
     stats: ItemStats | None = None,
+    cascade: bool = True,
 ) -> tuple[pd.DataFrame, object]:
     """Top-k (r, item, score, sources...) per customer, plus the profiles (for reasons)."""
     stats = stats or recommender.stats
@@ -326,7 +363,17 @@ def _rank(
     )
     x = features_build(stats=stats, profiles=profiles, sources=sources, pairs=pairs)
     cols = {name: x[:, i] for i, name in enumerate(FEATURES)}
-    pairs["score"] = recommender.predict(x, cols) if len(pairs) else np.zeros(0)
+    score = (
+        recommender.predict(
+            x,
+            cols,
+            rows=pairs["r"].to_numpy(),
+            keep_per_row=max(CASCADE_KEEP * k, CASCADE_MIN) if cascade else None,
+        )
+        if len(pairs)
+        else np.zeros(0)
+    )
+    columns = {"r": pairs["r"].to_numpy(), "item": pairs["item"].to_numpy(), "score": score}
     for name in (
         "co_anchor",
         "co_recent",
@@ -337,12 +384,11 @@ def _rank(
         "owned",
         "trend",
     ):
-        pairs[name] = cols[name]
-    score = pairs["score"].to_numpy()
-    keep = np.flatnonzero(score >= min_score)
-    r = pairs["r"].to_numpy()[keep]
-    order = keep[np.lexsort((pairs["item"].to_numpy()[keep], -score[keep], r))]
-    r = pairs["r"].to_numpy()[order]
+        columns[name] = cols[name]
+    keep = np.flatnonzero(score >= min_score)  # NaN (not finished by the cascade) never passes
+    r = columns["r"][keep]
+    order = keep[np.lexsort((columns["item"][keep], -score[keep], r))]
+    r = columns["r"][order]
     rank = np.arange(len(order)) - np.searchsorted(r, r, side="left")
     top = order[rank < k]
-    return pd.DataFrame({name: pairs[name].to_numpy()[top] for name in pairs.columns}), profiles
+    return pd.DataFrame({name: values[top] for name, values in columns.items()}), profiles

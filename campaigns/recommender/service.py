@@ -25,13 +25,16 @@ from django.utils import timezone
 from campaigns.models import ModelVersion
 from customers.models import Order
 
-from .candidates import ItemStats, lookup
+from .candidates import ItemStats, PairIndex, pair_index
 from .data import Catalogue, catalogue_load, from_days, lines_load, to_days
 from .model import Recommender, recommender_rank
 
 FALLBACK_TTL = 300.0
 FLAGS_TTL = 60.0
+ACTIVE_TTL = 2.0
+CHUNK = 5000  # customers scored together: bounded memory for a whole audience
 REASON_MAX = 300
+LINK_TABLES = {1: "complements", 2: "basket", 3: "sequence", 4: "customer"}  # by kind of reason
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,21 @@ def model_load(*, version: ModelVersion) -> Recommender:
     return joblib.load(settings.MODEL_DIR / version.artefact)
 
 
-def _active() -> tuple[int | None, Recommender]:
+def _active_row() -> tuple[int, str] | None:
+    """The active version's (pk, artefact), asked of the database at most every ACTIVE_TTL seconds:
+    an API request should not pay a query for it. Activating in this process takes effect at once."""
+    with _lock:
+        cached = _cache.get("active")
+        if cached is not None and time.monotonic() - cached[1] < ACTIVE_TTL:
+            return cached[0]
     row = ModelVersion.objects.filter(is_active=True).values_list("pk", "artefact").first()
+    with _lock:
+        _cache["active"] = (row, time.monotonic())
+    return row
+
+
+def _active() -> tuple[int | None, Recommender]:
+    row = _active_row()
     with _lock:
         if row is not None:
             cached = _cache.get("model")
@@ -77,21 +93,42 @@ def cache_clear() -> None:
         _cache.clear()
 
 
-def _current_products(product_ids: np.ndarray) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Serving:
+    """What every call with one loaded model shares, built once per model and FLAGS_TTL."""
+
+    stats: ItemStats  # the model's statistics with today's active/repurchasable flags and categories
+    names: np.ndarray  # display name per item
+    catalogue: Catalogue  # item index of the model's products, for loading history
+    links: dict[str, PairIndex]  # the item-item tables that explain an offer, ready for lookups
+
+
+def _serving(version_id: int | None, recommender: Recommender) -> Serving:
     """Today's names, categories and flags for the model's items (a product may be deactivated since)."""
-    key = ("products", id(product_ids))
+    key = (version_id, id(recommender))
     with _lock:
-        cached = _cache.get("products")
+        cached = _cache.get("serving")
         if cached is not None and cached[0] == key and time.monotonic() - cached[2] < FLAGS_TTL:
             return cached[1]
-    current = catalogue_load().products.set_index("id")
-    frame = current.reindex(product_ids)
-    frame["active"] = frame["active"].fillna(False).astype(bool)
-    frame["repurchasable"] = frame["repurchasable"].fillna(False).astype(bool)
-    frame[["sku", "name", "category"]] = frame[["sku", "name", "category"]].fillna("")
+    frame = catalogue_load().products.set_index("id").reindex(recommender.product_ids)
+    names = frame["name"].fillna("").to_numpy(object)
+    names = np.where(names != "", names, frame["sku"].fillna("").to_numpy(object))
+    category, category_names = pd.factorize(frame["category"].fillna("").to_numpy())
+    stats = dataclasses.replace(
+        recommender.stats,
+        active=frame["active"].fillna(False).to_numpy(bool),
+        repurchasable=frame["repurchasable"].fillna(False).to_numpy(bool),
+        category=category,
+        category_names=np.asarray(category_names, dtype=object),
+    )
+    catalogue = Catalogue(
+        products=pd.DataFrame({"id": recommender.product_ids}), complements=np.empty((0, 2), np.int64)
+    )
+    links = {name: pair_index(getattr(stats, name)) for name in LINK_TABLES.values()}
+    serving = Serving(stats=stats, names=names, catalogue=catalogue, links=links)
     with _lock:
-        _cache["products"] = (key, frame, time.monotonic())
-    return frame
+        _cache["serving"] = (key, serving, time.monotonic())
+    return serving
 
 
 def _date(t: float, ref: datetime) -> str:
@@ -99,75 +136,95 @@ def _date(t: float, ref: datetime) -> str:
     return f"{d.day} {d:%B}" if d.year == ref.year else f"{d.day} {d:%B %Y}"
 
 
-def _reasons(top: pd.DataFrame, profiles, stats: ItemStats, names: np.ndarray, now: datetime) -> list[str]:
+def _within(days: int) -> str:
+    if days == 7:
+        return "a week"
+    return f"{days // 7} weeks" if days % 7 == 0 and days > 7 else f"{days} days"
+
+
+def _reasons(
+    top: pd.DataFrame,
+    profiles,
+    stats: ItemStats,
+    links: dict[str, PairIndex],
+    names: np.ndarray,
+    now: datetime,
+) -> list[str]:
     """One sentence per recommendation, naming the customer's product that led to it."""
     if top.empty:
         return []
-    basket = top["co_anchor"] + 0.5 * top["co_recent"]
-    sequence = top["seq_anchor"] + 0.5 * top["seq_recent"]
-    customer = 0.5 * top["cust_recent"]
-    strength = np.column_stack([basket, sequence, customer])
+    col = {name: top[name].to_numpy() for name in top.columns}
+    strength = np.column_stack(
+        [
+            col["co_anchor"] + 0.5 * col["co_recent"],
+            col["seq_anchor"] + 0.5 * col["seq_recent"],
+            0.5 * col["cust_recent"],
+        ]
+    )
     kind = np.where(
-        top["owned"] > 0,
-        "repeat",
+        col["owned"] > 0,
+        0,
         np.where(
-            top["complement"] > 0,
-            "complement",
-            np.where(
-                strength.max(axis=1) > 0,
-                np.array(["basket", "sequence", "customer"])[strength.argmax(axis=1)],
-                "popular",
-            ),
+            col["complement"] > 0, 1, np.where(strength.max(axis=1) > 0, 2 + strength.argmax(axis=1), 5)
         ),
     )
-    top = top.assign(kind=kind, row=np.arange(len(top)))
 
-    # Which of the customer's products explains it: the one with the strongest link, anchor first.
-    mine = pd.concat(
-        [
-            profiles.anchor[["r", "item", "t"]].assign(bonus=1.0),
-            profiles.owned[["r", "item", "last_t"]].rename(columns={"last_t": "t"}).assign(bonus=0.0),
-        ]
-    ).drop_duplicates(["r", "item"])
-    linked = top.loc[
-        top["kind"].isin(["complement", "basket", "sequence", "customer"]), ["row", "r", "item", "kind"]
+    # The customer's products that may explain an offer: the anchor order's (preferred) and all owned.
+    span = np.int64(stats.n_items)
+    a, o = profiles.anchor, profiles.owned
+    mine_keys = np.r_[
+        a["r"].to_numpy(np.int64) * span + a["item"].to_numpy(),
+        o["r"].to_numpy(np.int64) * span + o["item"].to_numpy(),
     ]
-    linked = linked.merge(mine.rename(columns={"item": "source"}), on="r")
-    tables = {
-        "complement": stats.complements,
-        "basket": stats.basket,
-        "sequence": stats.sequence,
-        "customer": stats.customer,
-    }
-    link = np.zeros(len(linked), np.float32)
-    for name, table in tables.items():
-        sel = (linked["kind"] == name).to_numpy()
-        link[sel] = lookup(table, linked["source"].to_numpy()[sel], linked["item"].to_numpy()[sel])
-    linked = linked.assign(link=link)
-    linked = linked.loc[linked["link"] > 0].assign(rank=lambda f: f["link"] * (1 + 0.5 * f["bonus"]))
-    best = linked.sort_values("rank", ascending=False).drop_duplicates("row").set_index("row")
+    mine_t = np.r_[a["t"].to_numpy(float), o["last_t"].to_numpy(float)]
+    mine_bonus = np.r_[np.ones(len(a)), np.zeros(len(o))]
+    mine_keys, first = np.unique(mine_keys, return_index=True)  # anchor rows come first: they win
+    mine_t, mine_bonus = mine_t[first], mine_bonus[first]
+    mine_r = mine_keys // span
 
-    days = stats.seq_days
-    within = f"{days // 7} weeks" if days % 7 == 0 and days > 7 else f"{days} days"
-    if days == 7:
-        within = "a week"
+    # Every (offer, product of the same customer) pair, then the strongest link per offer.
+    linked = np.flatnonzero((kind >= 1) & (kind <= 4))
+    lo = np.searchsorted(mine_r, col["r"][linked], side="left")
+    hi = np.searchsorted(mine_r, col["r"][linked], side="right")
+    n = hi - lo
+    row = np.repeat(linked, n)
+    src = np.repeat(lo - np.cumsum(np.r_[0, n[:-1]]), n) + np.arange(n.sum())
+    link = np.zeros(len(row), np.float32)
+    for code, table in LINK_TABLES.items():
+        sel = kind[row] == code
+        link[sel] = links[table].get(mine_keys[src[sel]] % span, col["item"][row[sel]])
+    good = link > 0
+    row, src, strength_of = row[good], src[good], link[good] * (1 + 0.5 * mine_bonus[src[good]])
+    order = np.lexsort((-strength_of, row))
+    firsts = order[np.r_[True, row[order][1:] != row[order][:-1]]] if len(order) else order
+    source = np.full(len(top), -1, np.int64)
+    source[row[firsts]] = src[firsts]
+
+    owned_keys = o["r"].to_numpy(np.int64) * span + o["item"].to_numpy()
+    at = np.clip(
+        np.searchsorted(owned_keys, col["r"].astype(np.int64) * span + col["item"]), 0, max(len(o) - 1, 0)
+    )
+    n_orders = o["n_orders"].to_numpy()[at] if len(o) else np.zeros(len(top))
+    last_t = o["last_t"].to_numpy()[at] if len(o) else np.zeros(len(top))
+
+    within = _within(stats.seq_days)
     out = []
-    owned_idx = profiles.owned.set_index(["r", "item"])
-    for row in top.itertuples(index=False):  # k rows per customer: the text itself needs a loop
-        source = best.loc[row.row] if row.row in best.index else None
-        if row.kind == "repeat":
-            o = owned_idx.loc[(row.r, row.item)]
-            times = "once" if o["n_orders"] == 1 else f"{int(o['n_orders'])} times"
-            text = f"You bought this {times}, last on {_date(o['last_t'], now)}; time to stock up?"
-        elif source is not None:
-            name, when = names[int(source["source"])], _date(source["t"], now)
-            text = {
-                "complement": f"Goes with the {name} you bought on {when}",
-                "basket": f"Often bought together with the {name} you bought on {when}",
-                "sequence": f"Often bought within {within} of the {name} you bought on {when}",
-                "customer": f"Customers who bought the {name} (you did on {when}) also bought this",
-            }[row.kind]
-        elif row.trend > 0.2:
+    # k rows per customer: only the text itself is a loop, over plain Python values.
+    for kind_i, src_i, trend, times_n, last in zip(
+        kind.tolist(), source.tolist(), col["trend"].tolist(), n_orders.tolist(), last_t.tolist(), strict=True
+    ):
+        if kind_i == 0:
+            times = "once" if times_n == 1 else f"{int(times_n)} times"
+            text = f"You bought this {times}, last on {_date(last, now)}; time to stock up?"
+        elif src_i >= 0:
+            name, when = names[int(mine_keys[src_i] % span)], _date(mine_t[src_i], now)
+            text = (
+                f"Goes with the {name} you bought on {when}",
+                f"Often bought together with the {name} you bought on {when}",
+                f"Often bought within {within} of the {name} you bought on {when}",
+                f"Customers who bought the {name} (you did on {when}) also bought this",
+            )[kind_i - 1]
+        elif trend > 0.2:
             text = "Trending with our customers this month"
         else:
             text = "Popular with our customers"
@@ -191,59 +248,72 @@ def recommend_for_customers(
         return result
     now = as_of or timezone.now()
     version_id, recommender = _active()
-    products = _current_products(recommender.product_ids)
-    category, category_names = pd.factorize(products["category"].to_numpy())
-    stats = dataclasses.replace(
-        recommender.stats,
-        active=products["active"].to_numpy(bool),
-        repurchasable=products["repurchasable"].to_numpy(bool),
-        category=category,
-        category_names=np.asarray(category_names, dtype=object),
-    )
+    serving = _serving(version_id, recommender)
     wanted = None
     if categories:
-        wanted = np.flatnonzero(np.isin(stats.category_names, list(categories)))
+        wanted = np.flatnonzero(np.isin(serving.stats.category_names, list(categories)))
         if not len(wanted):
             return result
+    anchors = anchors or {}
+    # Bounded memory and a steady pace for a whole audience; one query per chunk.
+    for i in range(0, len(customer_ids), CHUNK):
+        chunk = customer_ids[i : i + CHUNK]
+        top, profiles = _chunk_rank(
+            recommender=recommender,
+            serving=serving,
+            customer_ids=chunk,
+            anchors=anchors,
+            now=now,
+            k=k,
+            categories=wanted,
+            min_score=min_score,
+        )
+        reasons = _reasons(top, profiles, serving.stats, serving.links, serving.names, now)
+        pids = recommender.product_ids[top["item"].to_numpy()].tolist()
+        scores = np.round(np.clip(top["score"].to_numpy(dtype=float), 0.0, 1.0), 6).tolist()
+        for r, pid, score, reason in zip(top["r"].tolist(), pids, scores, reasons, strict=True):
+            result[chunk[r]].append(Recommendation(pid, score, reason, version_id))
+    return result
 
-    catalogue = Catalogue(
-        products=pd.DataFrame({"id": recommender.product_ids}), complements=np.empty((0, 2))
-    )
-    lines = lines_load(catalogue=catalogue, customer_ids=customer_ids, before=now)
+
+def _chunk_rank(
+    *,
+    recommender: Recommender,
+    serving: Serving,
+    customer_ids: list[int],
+    anchors: dict[int, int],
+    now: datetime,
+    k: int,
+    categories: np.ndarray | None,
+    min_score: float,
+):
+    lines = lines_load(catalogue=serving.catalogue, customer_ids=customer_ids, before=now)
     anchor_orders = None
     if anchors:
         anchor_orders = np.array([int(anchors.get(c, -1) or -1) for c in customer_ids], np.int64)
-        given = [o for o in anchor_orders.tolist() if o >= 0]
-        missing = set(given) - set(lines["order"].unique().tolist())
+        given = anchor_orders[anchor_orders >= 0]
+        missing = set(given.tolist()) - set(np.unique(lines["order"].to_numpy()).tolist())
         if missing:
             # An anchor placed after as_of (or just now) still anchors: load its lines too.
             extra = Order.objects.filter(pk__in=missing, status=Order.Status.PLACED).values_list(
                 "customer_id", flat=True
             )
             if extra:
-                more = lines_load(catalogue=catalogue, customer_ids=list(set(extra)))
+                more = lines_load(catalogue=serving.catalogue, customer_ids=list(set(extra)))
                 lines = pd.concat([lines, more.loc[more["order"].isin(missing)]], ignore_index=True)
     as_of_days = max(to_days(now), float(lines["t"].max()) + 1e-6 if len(lines) else to_days(now))
-    top, profiles = recommender_rank(
+    return recommender_rank(
         recommender=recommender,
         lines=lines,
         customer_ids=np.array(customer_ids, np.int64),
         as_of=np.full(len(customer_ids), as_of_days),
         anchor_orders=anchor_orders,
         owned_policy="repurchasable",
-        categories=wanted,
+        categories=categories,
         k=k,
         min_score=min_score,
-        stats=stats,
+        stats=serving.stats,
     )
-    reasons = _reasons(
-        top, profiles, stats, products["name"].where(products["name"] != "", products["sku"]).to_numpy(), now
-    )
-    pids = recommender.product_ids[top["item"].to_numpy()]
-    scores = np.clip(top["score"].to_numpy(dtype=float), 0.0, 1.0)
-    for r, pid, score, reason in zip(top["r"].to_numpy(), pids, scores, reasons, strict=True):
-        result[customer_ids[r]].append(Recommendation(int(pid), round(float(score), 6), reason, version_id))
-    return result
 
 
 def model_version_activate(*, version: ModelVersion) -> ModelVersion:
@@ -253,6 +323,8 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
             is_active=False
         )
         ModelVersion.objects.filter(pk=version.pk).update(is_active=True)
+    with _lock:
+        _cache.pop("active", None)
     version.is_active = True
     return version
 
