@@ -36,7 +36,7 @@ from .events import (
     open_record_pg,
 )
 from .models import Event, Message, Offer, TrackedLink
-from .sending import _with_utm, product_url
+from .sending import product_url, with_utm
 from .tokens import purpose_token, purpose_token_check
 
 # The classic 1×1 transparent GIF (43 bytes).
@@ -233,7 +233,7 @@ def accept(request, token):
             )
     except IntegrityError:
         pass
-    return _private(HttpResponseRedirect(_with_utm(product_url(offer.product), offer.message.campaign)))
+    return _private(HttpResponseRedirect(with_utm(product_url(offer.product), offer.message.campaign)))
 
 
 # ---------------------------------------------------------------------------------------- unsubscribe
