@@ -4,6 +4,9 @@
     DATABASE_URL=postgres://... .venv/bin/python bench/recommender_scale.py --from-db
     # on a synthetic history of the same shape, no database needed:
     .venv/bin/python bench/recommender_scale.py --customers 1000000
+    # serving path only: the active ModelVersion scores --score customers of the database through
+    # recommend_for_customers (history query, candidates, model, reasons), as a campaign would:
+    DATABASE_URL=postgres://... .venv/bin/python bench/recommender_scale.py --active-model --score 100000
 
 Prints wall time of each phase and the process's peak resident memory.
 """
@@ -88,11 +91,15 @@ def main() -> None:
     parser.add_argument("--score", type=int, default=100_000, help="customers to score in one batch")
     parser.add_argument("--max-customers", type=int, default=20_000, help="training customers per cutoff")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--active-model", action="store_true", help="score with the active ModelVersion only")
+    parser.add_argument("--k", type=int, default=3)
     args = parser.parse_args()
 
     import django
 
     django.setup()
+    if args.active_model:
+        return score_active(args)
     from campaigns.recommender.data import catalogue_load, lines_load
     from campaigns.recommender.model import recommender_rank, recommender_train
 
@@ -130,6 +137,27 @@ def main() -> None:
     print(
         f"score: {len(batch):,} customers, {len(top):,} offers in {done - scoring:.1f}s "
         f"({(done - scoring) / len(batch) * 1e6:.0f} µs per customer)"
+    )
+    print(f"peak memory: {peak_gb():.2f} GB")
+
+
+def score_active(args) -> None:
+    from campaigns.recommender import recommend_for_customers
+    from customers.models import Customer
+
+    ids = np.array(Customer.objects.values_list("pk", flat=True))  # with or without orders
+    rng = np.random.default_rng(args.seed)
+    batch = np.sort(rng.choice(ids, min(args.score, len(ids)), replace=False)).tolist()
+    started = time.monotonic()
+    recommend_for_customers(customer_ids=batch[:10], k=args.k)  # model load, catalogue flags
+    loaded = time.monotonic()
+    result = recommend_for_customers(customer_ids=batch, k=args.k)
+    done = time.monotonic()
+    offers = sum(len(v) for v in result.values())
+    print(f"model load and first call: {loaded - started:.1f}s")
+    print(
+        f"score: {len(batch):,} customers, {offers:,} offers with reasons in {done - loaded:.1f}s "
+        f"({(done - loaded) / len(batch) * 1e6:.0f} µs per customer), load average {os.getloadavg()[0]:.2f}"
     )
     print(f"peak memory: {peak_gb():.2f} GB")
 

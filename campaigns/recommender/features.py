@@ -16,6 +16,7 @@ from .candidates import ItemStats, lookup, top_per_row
 
 RECENT_ITEMS = 30
 RECENCY_DAYS = 90.0
+DENSE_PAIRS = 50_000_000  # customers x items up to which candidate sets are flag arrays (50 MB)
 FEATURES = [
     "co_anchor",
     "co_recent",
@@ -263,17 +264,30 @@ def candidates_build(
         if owned_policy == "repurchasable":
             mine = owned.loc[stats.repurchasable[owned["item"].to_numpy()]]
         parts.append(mine[["r", "item"]].to_numpy())
-    pairs = np.unique(np.concatenate(parts).astype(np.int64) @ np.array([stats.n_items, 1], np.int64))
     n_items = np.int64(stats.n_items)
+    keys = np.concatenate(parts).astype(np.int64) @ np.array([n_items, 1], np.int64)
+    returned_keys = profiles.returned["r"].to_numpy(np.int64) * n_items + profiles.returned["item"].to_numpy()
+    owned_keys = owned["r"].to_numpy(np.int64) * n_items + owned["item"].to_numpy()
+    if n * n_items <= DENSE_PAIRS:
+        # A batch of customers by a catalogue fits a flag per cell: sets without sorting.
+        cells = np.zeros(n * n_items, bool)
+        cells[keys] = True
+        pairs = np.flatnonzero(cells)
+        cells[:] = False
+        cells[returned_keys] = True
+        is_returned = cells[pairs]
+        cells[:] = False
+        cells[owned_keys] = True
+        is_owned = cells[pairs]
+    else:
+        pairs = np.unique(keys)
+        is_returned = np.isin(pairs, returned_keys)
+        is_owned = np.isin(pairs, owned_keys)
     r, item = pairs // n_items, pairs % n_items
 
-    drop = ~stats.active[item]
+    drop = ~stats.active[item] | is_returned
     if categories is not None:
         drop |= ~np.isin(stats.category[item], categories)
-    returned_keys = profiles.returned["r"].to_numpy(np.int64) * n_items + profiles.returned["item"].to_numpy()
-    drop |= np.isin(pairs, returned_keys)
-    owned_keys = owned["r"].to_numpy(np.int64) * n_items + owned["item"].to_numpy()
-    is_owned = np.isin(pairs, owned_keys)
     if owned_policy == "none":
         drop |= is_owned
     elif owned_policy == "repurchasable":

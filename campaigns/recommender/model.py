@@ -83,6 +83,7 @@ class Recommender:
         counts = np.bincount(rows)
         if counts.max(initial=0) <= keep_per_row:
             return self.classifier.predict_proba(x)[:, 1]
+        x = np.asarray(x, dtype=np.float64)  # what the trees compare with: convert once, not per stage
         # Every tree costs one pass over the pairs; the first trees already sort the hopeless
         # majority of a customer's few hundred candidates to the bottom.
         partial = next(itertools.islice(staged(x), CASCADE_TREES - 1, None))
