@@ -240,3 +240,30 @@ def test_last_order_evaluation_holds_out_last_orders_and_reports_baselines():
         assert {"recall@5", "explore_recall@5", "repeat_recall@5", "ndcg@5", "hit_rate@5"} <= set(metrics)
         assert all(0.0 <= metrics[k] <= 1.0 for k in ("recall@5", "ndcg@5", "hit_rate@5"))
     assert result["baselines"]["popularity_unseen"]["repeat_recall@5"] == 0.0
+
+
+@pytest.mark.django_db
+def test_cascade_finishes_each_customers_best_pairs_with_the_full_model():
+    shop_create(customers=200)
+    version = model_version_train(horizon_days=30)
+    model = joblib.load(settings.MODEL_DIR / version.artefact)
+    assert model.algorithm == "hist_gradient_boosting"
+    lines = lines_load(catalogue=catalogue_load())
+    customers = np.array(sorted(lines["customer"].unique()))
+    profiles = profiles_build(
+        lines=lines, customer_ids=customers, as_of=np.full(len(customers), lines["t"].max() + 1)
+    )
+    sources = sources_compute(stats=model.stats, profiles=profiles)
+    pairs = candidates_build(stats=model.stats, profiles=profiles, sources=sources, owned_policy="all")
+    x = features_build(stats=model.stats, profiles=profiles, sources=sources, pairs=pairs)
+    cols = {name: x[:, i] for i, name in enumerate(FEATURES)}
+    rows = pairs["r"].to_numpy()
+    full = model.predict(x, cols)
+    cascade = model.predict(x, cols, rows=rows, keep_per_row=3)
+    finished = ~np.isnan(cascade)
+    np.testing.assert_allclose(cascade[finished], full[finished])
+    # At least the 3 best of every customer, more only for the marketer's complements.
+    plain = np.bincount(rows[finished & (cols["complement"] == 0)], minlength=len(customers))
+    assert plain.max() <= 3
+    assert (np.bincount(rows[finished], minlength=len(customers)) >= np.minimum(np.bincount(rows), 3)).all()
+    assert (~finished).any()  # the shop's customers have more than 3 candidates each
