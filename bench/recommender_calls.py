@@ -43,7 +43,9 @@ def main() -> None:
 
     ids = np.array(Customer.objects.filter(orders_count__gte=1).values_list("pk", flat=True))
     rng = np.random.default_rng(args.seed)
-    batches = [rng.choice(ids, min(args.batch, len(ids)), replace=False).tolist() for _ in range(args.calls + 1)]
+    batches = [
+        rng.choice(ids, min(args.batch, len(ids)), replace=False).tolist() for _ in range(args.calls + 1)
+    ]
 
     def call(batch: list[int]):
         anchors = None
