@@ -12,7 +12,7 @@ import random
 from django.db import transaction
 from django.utils import timezone
 
-from customers.importing import customer_stats_refresh
+from customers.importing import customer_stats_refresh, product_stats_refresh
 from customers.models import Order, OrderLine
 
 from .caps import policy_default
@@ -144,6 +144,7 @@ def demo_events_simulate(*, campaign: Campaign, seed: int = 7) -> dict[str, int]
         from .attribution import conversions_attribute
 
         customer_stats_refresh(customer_ids=sorted({c for c, _, _ in new_orders}))
+        product_stats_refresh(product_ids=sorted({p.pk for _, products, _ in new_orders for p in products}))
         conversions_attribute(order_ids=order_ids)
         Conversion.objects.filter(order_id__in=order_ids).update(is_simulated=True)
         Event.objects.filter(kind=Event.Kind.CONVERSION, message__campaign=campaign).update(is_simulated=True)

@@ -6,12 +6,12 @@ from django.db import transaction
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.formats import number_format
 
 from .admin_utils import EstimatedCountPaginator
+from .importing import product_stats_refresh
 from .models import Customer, ImportRun, Order, OrderLine, Product
 from .privacy import CustomerPrivacyAdminMixin
-from .selectors import customer_timeline, product_sales_annotations
+from .selectors import customer_timeline
 
 
 class SuppressedFilter(admin.SimpleListFilter):
@@ -135,19 +135,13 @@ class ProductAdmin(admin.ModelAdmin):
     filter_horizontal = ("complements",)
     paginator = EstimatedCountPaginator
     show_full_result_count = False
-    readonly_fields = ("created_at", "updated_at")
+    readonly_fields = ("units_sold", "revenue", "created_at", "updated_at")
+    actions = ["recompute_sales"]
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).annotate(**product_sales_annotations())
-
-    @admin.display(description="units sold", ordering="units_sold")
-    def units_sold(self, obj):
-        return obj.units_sold
-
-    @admin.display(description="revenue", ordering="revenue")
-    def revenue(self, obj):
-        # SQLite hands back a whole-number sum as an int: show money with two decimals everywhere.
-        return number_format(obj.revenue, decimal_pos=2)
+    @admin.action(description="Recompute units sold and revenue")
+    def recompute_sales(self, request, queryset):
+        product_stats_refresh(product_ids=list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, "Sales figures recomputed from placed orders.")
 
 
 class UploadForm(forms.Form):

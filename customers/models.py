@@ -108,6 +108,10 @@ class Product(models.Model):
     repurchasable = models.BooleanField(
         default=False, help_text="A consumable: may be offered again to customers who bought it."
     )
+    # Sales figures kept by product_stats_refresh() after imports (summing millions of lines per page
+    # view is what made the product list slow).
+    units_sold = models.BigIntegerField(db_default=0)  # a database default: bulk COPYs may omit it
+    revenue = models.DecimalField(max_digits=16, decimal_places=2, db_default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -226,7 +226,8 @@ def test_offer_page_shows_offers_and_records_nothing(client, message):
     assert "Product 1" in body and "Product 2" in body and "Goes well" in body
     assert url("accept", offers[0].token) in body and 'method="post"' in body
     assert "ann@example.com" not in body
-    assert response["Referrer-Policy"] == "same-origin"  # no Referer to other sites; our own POSTs keep their Origin
+    # No Referer to other sites; our own form POSTs keep their Origin (CSRF).
+    assert response["Referrer-Policy"] == "same-origin"
     assert not Event.objects.exists()
 
 

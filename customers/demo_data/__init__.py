@@ -21,6 +21,7 @@ import pandas as pd
 from django.db import transaction
 
 from ..bulk import bulk_insert, id_map
+from ..importing import product_stats_refresh
 from ..models import Customer, Order, OrderLine, Product
 from .catalogue import CATALOGUE, CURRENCY, DOMAINS, HISTORY_MONTHS, SITE
 from .simulation import Shop, batch_generate, lifetime_fill, orders_build, shop_build, timestamps
@@ -171,4 +172,5 @@ def demo_shop_generate(
         counts["order_lines"] += len(lines["order"])
         if progress is not None:
             progress(n)
+    product_stats_refresh()  # one pass over the lines at the end, not one per batch
     return dict(counts)

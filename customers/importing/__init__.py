@@ -36,6 +36,7 @@ from .validation import (
 from .writing import (
     customer_stats_refresh,
     customers_from_orders,
+    product_stats_refresh,
     products_from_orders,
     upsert_customers,
     upsert_products,
@@ -132,6 +133,9 @@ def orders_import(
         order_ids, touched = write_orders(lines, customer_ids, product_ids, summary, now)
         if touched:
             customer_stats_refresh(customer_ids=sorted(touched) if len(touched) < 50_000 else None)
+            # A replaced order may have dropped lines of products the file no longer names: then all.
+            replaced = summary.counts["orders_updated"] > 0
+            product_stats_refresh(product_ids=None if replaced else sorted(set(product_ids.values())))
         suppressed_addresses_apply(customer_ids=customer_ids.values())  # erased addresses stay unmailed
         summary.order_ids = order_ids
         if order_ids:

@@ -303,35 +303,55 @@ def write_orders(
 
 def customer_stats_refresh(*, customer_ids: list[int] | None = None) -> None:
     """Recompute each customer's lifetime figures from their placed orders, in SQL."""
-    table, orders = Customer._meta.db_table, Order._meta.db_table
-    sets = (
-        "orders_count = COALESCE(s.n, 0), total_spent = COALESCE(s.total, 0), "
-        "first_order_at = s.first_at, last_order_at = s.last_at"
+    _stats_refresh(
+        table=Customer._meta.db_table,
+        zero="orders_count = 0, total_spent = 0, first_order_at = NULL, last_order_at = NULL",
+        sets="orders_count = s.n, total_spent = s.total, first_order_at = s.first_at, last_order_at = s.last_at",
+        aggregate=(
+            f"SELECT customer_id AS key, COUNT(*) AS n, SUM(total) AS total, MIN(placed_at) AS first_at, "
+            f"MAX(placed_at) AS last_at FROM {Order._meta.db_table} WHERE status = 'placed' {{where}} "
+            f"GROUP BY customer_id"
+        ),
+        key="customer_id",
+        ids=customer_ids,
     )
-    aggregate = (
-        f"SELECT customer_id, COUNT(*) AS n, SUM(total) AS total, MIN(placed_at) AS first_at, "
-        f"MAX(placed_at) AS last_at FROM {orders} WHERE status = 'placed' {{where}} GROUP BY customer_id"
+
+
+def product_stats_refresh(*, product_ids: list[int] | None = None) -> None:
+    """Recompute each product's units sold and revenue from placed orders' lines, in SQL."""
+    _stats_refresh(
+        table=Product._meta.db_table,
+        zero="units_sold = 0, revenue = 0",
+        sets="units_sold = s.units, revenue = s.revenue",
+        aggregate=(
+            f"SELECT l.product_id AS key, SUM(l.quantity) AS units, SUM(l.quantity * l.unit_price) AS revenue "
+            f"FROM {OrderLine._meta.db_table} l JOIN {Order._meta.db_table} o ON o.id = l.order_id "
+            f"WHERE o.status = 'placed' {{where}} GROUP BY l.product_id"
+        ),
+        key="l.product_id",
+        ids=product_ids,
     )
+
+
+def _stats_refresh(
+    *, table: str, zero: str, sets: str, aggregate: str, key: str, ids: list[int] | None
+) -> None:
+    """Zero the rows, then set them from one GROUP BY: the whole table, or the given ids in slices."""
     with connection.cursor() as cursor:
-        if customer_ids is None:
+        if ids is None:
+            cursor.execute(f"UPDATE {table} SET {zero}")
             cursor.execute(
-                f"UPDATE {table} SET orders_count = 0, total_spent = 0, first_order_at = NULL, last_order_at = NULL"
-            )
-            cursor.execute(
-                f"UPDATE {table} AS c SET {sets} FROM ({aggregate.format(where='')}) AS s WHERE c.id = s.customer_id"
+                f"UPDATE {table} AS t SET {sets} FROM ({aggregate.format(where='')}) AS s WHERE t.id = s.key"
             )
             return
-        for start in range(0, len(customer_ids), 5000):
-            part = customer_ids[start : start + 5000]
+        ids = list(ids)
+        for start in range(0, len(ids), 5000):
+            part = ids[start : start + 5000]
             marks = ", ".join(["%s"] * len(part))
+            cursor.execute(f"UPDATE {table} SET {zero} WHERE id IN ({marks})", part)
+            where = f"AND {key} IN ({marks})"
             cursor.execute(
-                f"UPDATE {table} SET orders_count = 0, total_spent = 0, first_order_at = NULL, last_order_at = NULL "
-                f"WHERE id IN ({marks})",
-                part,
-            )
-            cursor.execute(
-                f"UPDATE {table} AS c SET {sets} FROM ({aggregate.format(where=f'AND customer_id IN ({marks})')}) AS s "
-                f"WHERE c.id = s.customer_id",
+                f"UPDATE {table} AS t SET {sets} FROM ({aggregate.format(where=where)}) AS s WHERE t.id = s.key",
                 part,
             )
 
