@@ -3,6 +3,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.files.storage import FileSystemStorage
 from django.db import transaction
+from django.db.models import Q
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.utils import timezone
@@ -51,6 +52,7 @@ class CustomerAdmin(CustomerPrivacyAdminMixin, admin.ModelAdmin):
     )
     list_filter = ("marketing_consent", SuppressedFilter, "country")
     search_fields = ("=external_id", "email", "first_name", "last_name")
+    search_help_text = "An email address (or its start) or a customer id; other words search names by prefix."
     readonly_fields = (
         "orders_count",
         "total_spent",
@@ -88,7 +90,24 @@ class CustomerAdmin(CustomerPrivacyAdminMixin, admin.ModelAdmin):
     def full_name(self, obj):
         return obj.full_name
 
+    def get_search_results(self, request, queryset, search_term):
+        # At a million customers a substring search over four columns scans the table: an address or
+        # an id is looked up by its index, and only other words search names (by prefix).
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if "@" in term:
+            return queryset.filter(email__startswith=term.lower()), False
+        by_id = queryset.filter(external_id=term)
+        if by_id.exists():
+            return by_id, False
+        names = Q()
+        for word in term.split():
+            names &= Q(first_name__istartswith=word) | Q(last_name__istartswith=word)
+        return queryset.filter(names), False
+
     def save_model(self, request, obj, form, change):
+        obj.email = obj.email.strip().lower()  # imports store addresses lower-cased; search relies on it
         now = timezone.now()
         if "marketing_consent" in form.changed_data:
             obj.consent_at, obj.consent_source = now, f"admin by {request.user}"[:100]

@@ -113,3 +113,12 @@ def delete_where_in(model: type[models.Model], field: str, values: Iterable[int]
 
 def as_int_array(values: Iterable[int]) -> np.ndarray:
     return np.fromiter(values, dtype=np.int64)
+
+
+def analyze(*models_: type[models.Model]) -> None:
+    """Refresh PostgreSQL's planner statistics after a bulk load (autovacuum may take minutes to notice,
+    and until it does a million-row table can look empty and get hash-joined)."""
+    if _is_postgres():
+        with connection.cursor() as cursor:
+            for model in models_:
+                cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")

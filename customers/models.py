@@ -70,6 +70,10 @@ class Customer(models.Model):
                 condition=Q(marketing_consent=True, suppressed_reason=""),
             ),
             models.Index(fields=["total_spent"], name="customer_total_spent_idx"),
+            # Prefix search on addresses (the admin's search box); PostgreSQL needs the pattern opclass.
+            models.Index(
+                fields=["email"], name="customer_email_prefix_idx", opclasses=["varchar_pattern_ops"]
+            ),
         ]
 
     def __str__(self) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from django.db import transaction
 
-from ..bulk import bulk_insert, id_map
+from ..bulk import analyze, bulk_insert, id_map
 from ..importing import product_stats_refresh
 from ..models import Customer, Order, OrderLine, Product
 from .catalogue import CATALOGUE, CURRENCY, DOMAINS, HISTORY_MONTHS, SITE
@@ -173,4 +173,5 @@ def demo_shop_generate(
         if progress is not None:
             progress(n)
     product_stats_refresh()  # one pass over the lines at the end, not one per batch
+    analyze(Customer, Order, OrderLine, Product)
     return dict(counts)

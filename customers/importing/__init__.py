@@ -14,7 +14,8 @@ import pandas as pd
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import ImportRun, Order
+from ..bulk import analyze
+from ..models import Customer, ImportRun, Order, OrderLine, Product
 from ..privacy import suppressed_addresses_apply
 from ..signals import orders_imported
 from .reading import (
@@ -140,6 +141,8 @@ def orders_import(
         summary.order_ids = order_ids
         if order_ids:
             transaction.on_commit(lambda: orders_imported.send(sender=Order, order_ids=order_ids))
+    if summary.counts["order_lines_written"] > 50_000:
+        analyze(Customer, Order, OrderLine, Product)  # after the commit, so the new rows are sampled
     return summary
 
 
