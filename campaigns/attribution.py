@@ -29,7 +29,7 @@ from collections.abc import Iterable
 import pandas as pd
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Exists, Max, OuterRef
 from django.utils import timezone
 
 from customers.models import Order, OrderLine
@@ -52,7 +52,16 @@ def _purchases(order_ids: list[int]) -> pd.DataFrame:
     frames = [
         _frame(
             OrderLine.objects.filter(
-                order_id__in=order_ids[i : i + CHUNK], order__status=Order.Status.PLACED
+                # Only customers who were mailed or held out can convert: most imported orders are not
+                # read at all (a shop's history import would otherwise be read back line by line).
+                Exists(
+                    Message.objects.filter(
+                        customer_id=OuterRef("order__customer_id"),
+                        status__in=[Message.Status.SENT, Message.Status.HOLDOUT],
+                    )
+                ),
+                order_id__in=order_ids[i : i + CHUNK],
+                order__status=Order.Status.PLACED,
             ),
             ["order_id", "order__customer_id", "order__placed_at", "product_id", "quantity", "unit_price"],
         )
