@@ -1,0 +1,10 @@
+-- wrk script for the next-best-offer API: random customers from IDS_FILE (one external id a line).
+--   IDS_FILE=ids.txt API_TOKEN=… wrk -t1 -c4 -d30s --latency -s bench/recommender_api.lua http://127.0.0.1:8765
+local ids = {}
+for line in io.lines(os.getenv("IDS_FILE")) do ids[#ids + 1] = line end
+local auth = "Bearer " .. os.getenv("API_TOKEN")
+math.randomseed(7)
+request = function()
+  local id = ids[math.random(#ids)]
+  return wrk.format("GET", "/api/v1/customers/" .. id .. "/recommendations?k=3", {["Authorization"] = auth})
+end
