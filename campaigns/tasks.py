@@ -95,5 +95,13 @@ def refresh_reports() -> int:
     return reports_refresh()
 
 
+@shared_task(name="campaigns.tracking_flush", queue="default", autoretry_for=TRANSIENT, retry_backoff=True)
+def tracking_flush() -> int:
+    """Periodic (beat, every 10 s): write the opens and clicks queued in Redis (TRACKING_BUFFER)."""
+    from .tracking_buffer import buffer_enabled, tracking_buffer_flush
+
+    return tracking_buffer_flush() if buffer_enabled() else 0
+
+
 # Celery autodiscovers campaigns.tasks only: importing registers the nightly training task too.
 from .recommender.tasks import train_recommender  # noqa: E402, F401

@@ -8,14 +8,19 @@ POST, which needs no cookie or CSRF token and answers 200. Open, click and accep
 TRACKING_TOKEN_DAYS (365) after sending; unsubscribe and preference links never do.
 
 The pixel and the click are hot paths: on PostgreSQL one statement each (campaigns.events), which also
-keeps the message's first-touch columns (opened_at, clicked_at) that reports count.
+keeps the message's first-touch columns (opened_at, clicked_at) that reports count. With
+TRACKING_BUFFER on (it needs REDIS_URL) they queue a record in Redis instead, and the Celery task
+campaigns.tracking_flush writes the events in bulk (campaigns.tracking_buffer); while Redis cannot be
+reached they record directly.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 
+import redis
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
@@ -38,10 +43,12 @@ from .events import (
 from .models import Event, Message, Offer, TrackedLink
 from .sending import product_url, with_utm
 from .tokens import purpose_token, purpose_token_check
+from .tracking_buffer import buffer_enabled, click_buffer, open_buffer
 
 # The classic 1×1 transparent GIF (43 bytes).
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 _NO_CACHE = "no-store, no-cache, must-revalidate, max-age=0, private"
+logger = logging.getLogger(__name__)
 
 
 def _private(response: HttpResponse) -> HttpResponse:
@@ -94,26 +101,36 @@ def _open_reason(request) -> str:
 def open_pixel(request, token):
     now = timezone.now()
     message_token = purpose_token_check(token, "open")
-    if message_token and connection.vendor == "postgresql":
-        open_record_pg(
-            token=message_token, request=request, reason=_open_reason(request), now=now, oldest=_oldest(now)
-        )
-    elif message_token:
-        row = _message_row(token, "open")
-        if row is not None and not _expired(row["sent_at"], row["created_at"], now):
-            event_record(
-                kind=Event.Kind.OPEN,
-                message_id=row["pk"],
-                campaign_id=row["campaign_id"],
-                customer_id=row["customer_id"],
-                request=request,
-                machine_reason=_open_reason(request),
-                occurred_at=now,
-            )
+    if message_token:
+        _open_record(token, message_token, request, now)
     response = HttpResponse(PIXEL, content_type="image/gif")
     response["Pragma"] = "no-cache"
     response["Expires"] = "0"
     return _private(response)
+
+
+def _open_record(token: str, message_token: str, request, now: dt.datetime) -> None:
+    reason = _open_reason(request)
+    if buffer_enabled():
+        try:
+            return open_buffer(token=message_token, request=request, reason=reason, now=now)
+        except redis.RedisError:
+            logger.warning("tracking buffer unreachable: recording the open directly", exc_info=True)
+    if connection.vendor == "postgresql":
+        return open_record_pg(
+            token=message_token, request=request, reason=reason, now=now, oldest=_oldest(now)
+        )
+    row = _message_row(token, "open")
+    if row is not None and not _expired(row["sent_at"], row["created_at"], now):
+        event_record(
+            kind=Event.Kind.OPEN,
+            message_id=row["pk"],
+            campaign_id=row["campaign_id"],
+            customer_id=row["customer_id"],
+            request=request,
+            machine_reason=reason,
+            occurred_at=now,
+        )
 
 
 @require_safe
@@ -122,14 +139,23 @@ def click(request, token):
     link_token = purpose_token_check(token, "click")
     if link_token is None:
         raise Http404("unknown link")
-    if connection.vendor == "postgresql":
-        url = click_record_pg(token=link_token, request=request, now=now, oldest=_oldest(now))
-    else:
-        url = _click_record(link_token, request, now)
+    url = _click(link_token, request, now)
     if url is None:
         raise Http404("unknown link")
     # Only the stored URL, never anything from the request.
     return _private(HttpResponseRedirect(url))
+
+
+def _click(link_token: str, request, now: dt.datetime) -> str | None:
+    """The link's stored URL (None if unknown or expired), the click recorded or queued."""
+    if buffer_enabled():
+        try:
+            return click_buffer(token=link_token, request=request, now=now, oldest=_oldest(now))
+        except redis.RedisError:
+            logger.warning("tracking buffer unreachable: recording the click directly", exc_info=True)
+    if connection.vendor == "postgresql":
+        return click_record_pg(token=link_token, request=request, now=now, oldest=_oldest(now))
+    return _click_record(link_token, request, now)
 
 
 def _click_record(link_token: str, request, now: dt.datetime) -> str | None:

@@ -13,6 +13,7 @@ app.autodiscover_tasks()
 app.conf.beat_schedule = {
     "campaigns-tick": {"task": "campaigns.tick", "schedule": 60.0},
     "attribution-recent": {"task": "campaigns.attribute_recent", "schedule": 15 * 60.0},
+    "tracking-flush": {"task": "campaigns.tracking_flush", "schedule": 10.0},
     "reports-refresh": {"task": "campaigns.refresh_reports", "schedule": 5 * 60.0},
     "recommender-nightly": {"task": "campaigns.train_recommender", "schedule": crontab(minute=30, hour=2)},
 }

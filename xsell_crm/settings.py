@@ -216,4 +216,7 @@ ATTRIBUTION_WINDOW_DAYS = ATTRIBUTION_DELIVERY_DAYS  # the reports' window for A
 # a click sooner than TRACKING_SCANNER_SECONDS after sending is a link scanner, not a person.
 TRACKING_TOKEN_DAYS = env_int("TRACKING_TOKEN_DAYS", 365)
 TRACKING_SCANNER_SECONDS = env_int("TRACKING_SCANNER_SECONDS", 10)
+# Opens and clicks queued in Redis and written in bulk by the campaigns.tracking_flush task (beat, every
+# 10 s): the pixel touches no database. Needs REDIS_URL; events appear in reports after the next flush.
+TRACKING_BUFFER = env_bool("TRACKING_BUFFER") and bool(REDIS_URL)
 REPORT_CACHE_SECONDS = env_int("REPORT_CACHE_SECONDS", 600)

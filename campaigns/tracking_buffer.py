@@ -1,0 +1,240 @@
+"""Write-behind buffer for opens and clicks (TRACKING_BUFFER, needs REDIS_URL).
+
+With the buffer on, the pixel checks its token's HMAC (a valid MAC means we issued the token) and
+appends one compact record to a Redis list: one round trip, no database. The click still reads the
+stored URL with one indexed SELECT (the database decides where a link goes), then appends its record.
+The Celery task campaigns.tracking_flush (beat, every 10 s) drains the list in chunks: it looks the
+tokens up, drops unknown and expired ones (so only known rows are ever recorded), applies the
+click-time machine checks (honeypot, too soon after delivery), inserts the events set-based and
+refreshes the messages' first-touch columns.
+
+At least once, never twice: a chunk is moved atomically to a "flushing" list and removed from it only
+after the database transaction commits. A flush that crashed in between leaves the chunk there; the next
+flush takes it again, and events already recorded for it (same message, kind, microsecond, network and
+agent) are skipped. Flushes are serialised by a PostgreSQL advisory lock (SQLite serialises writers).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+
+from customers.bulk import bulk_insert
+
+from .events import UA_MAX, click_request_reason, client_facts, messages_first_touch_refresh, scanner_seconds
+from .models import Event, Message, TrackedLink
+
+QUEUE = "xsell:tracking:queue"
+FLUSHING = "xsell:tracking:flushing"
+CHUNK = 5_000
+_LOCK_ID = 0x7873656C6C  # pg_advisory_xact_lock key of the flush
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_FIELDS = ["id", "kind", "token", "micros", "reason", "ip_hash", "user_agent"]
+
+# Take the chunk left by a flush that did not finish, else move the next `n` records to FLUSHING.
+_TAKE = """
+local held = redis.call('LRANGE', KEYS[2], 0, -1)
+if #held > 0 then return held end
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+for i = 1, #items, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
+end
+if #items > 0 then redis.call('LTRIM', KEYS[1], #items, -1) end
+return items
+"""
+# Forget the chunk once it is in the database, unless another flush already did and took the next one.
+_DONE = """
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def buffer_enabled() -> bool:
+    return bool(getattr(settings, "TRACKING_BUFFER", False) and settings.REDIS_URL)
+
+
+@functools.lru_cache(maxsize=4)
+def _client(url: str) -> redis.Redis:
+    # One connection pool per process (redis-py reopens its connections after a fork).
+    return redis.Redis.from_url(url)
+
+
+def buffer_client() -> redis.Redis:
+    return _client(settings.REDIS_URL)
+
+
+def _push(*, kind: str, token: str, request, reason: str, now: dt.datetime) -> None:
+    facts = client_facts(request)
+    record = [
+        os.urandom(6).hex(),
+        kind,
+        token,
+        (now - _EPOCH) // dt.timedelta(microseconds=1),  # exact, unlike a float timestamp
+        reason,
+        facts["ip_hash"],
+        facts["user_agent"],
+    ]
+    buffer_client().rpush(QUEUE, json.dumps(record, separators=(",", ":")))
+
+
+def open_buffer(*, token: str, request, reason: str, now: dt.datetime) -> None:
+    """Queue an open of a well-signed token (unknown or expired rows are dropped by the flush)."""
+    _push(kind=Event.Kind.OPEN, token=token, request=request, reason=reason, now=now)
+
+
+_LINK_URL = """
+SELECT l.url FROM campaigns_trackedlink l JOIN campaigns_message m ON m.id = l.message_id
+WHERE l.token = %s AND COALESCE(m.sent_at, m.created_at) >= %s
+"""
+
+
+def click_buffer(*, token: str, request, now: dt.datetime, oldest: dt.datetime) -> str | None:
+    """The link's stored URL (None if unknown or expired), the click queued."""
+    with connection.cursor() as cursor:
+        cursor.execute(_LINK_URL, [token, oldest])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    reason = click_request_reason(method=request.method, user_agent=request.META.get("HTTP_USER_AGENT", ""))
+    _push(kind=Event.Kind.CLICK, token=token, request=request, reason=reason, now=now)
+    return row[0]
+
+
+# ---------------------------------------------------------------------------------------------- flush
+
+
+def _records(raw: list[bytes]) -> pd.DataFrame:
+    frame = pd.DataFrame(json.loads(b"[" + b",".join(raw) + b"]"), columns=_FIELDS)
+    frame["occurred_at"] = pd.to_datetime(frame["micros"], unit="us", utc=True)
+    frame["user_agent"] = frame["user_agent"].str.slice(0, UA_MAX)
+    return frame
+
+
+def _rows(queryset, columns: list[str]) -> pd.DataFrame:
+    """The rows as a frame, "message__" dropped from column names."""
+    names = [name.removeprefix("message__") for name in columns]
+    frame = pd.DataFrame(list(queryset.values_list(*columns)), columns=names)
+    for name in ("sent_at", "created_at"):
+        frame[name] = pd.to_datetime(frame[name], utc=True)
+    return frame
+
+
+def _opens(records: pd.DataFrame) -> pd.DataFrame:
+    opens = records[records["kind"] == Event.Kind.OPEN]
+    rows = _rows(
+        Message.objects.filter(token__in=opens["token"].unique().tolist()),
+        ["token", "id", "campaign_id", "customer_id", "sent_at", "created_at"],
+    ).rename(columns={"id": "message_id"})
+    found = opens.merge(rows, on="token")
+    found["offer_id"] = pd.array([pd.NA] * len(found), dtype="Int64")
+    found["machine_reason"] = found["reason"]
+    return found
+
+
+def _clicks(records: pd.DataFrame) -> pd.DataFrame:
+    clicks = records[records["kind"] == Event.Kind.CLICK]
+    rows = _rows(
+        TrackedLink.objects.filter(token__in=clicks["token"].unique().tolist()),
+        ["token", "message_id", "offer_id", "is_honeypot", "message__campaign_id", "message__customer_id"]
+        + ["message__sent_at", "message__created_at"],
+    )
+    found = clicks.merge(rows, on="token")
+    found["offer_id"] = found["offer_id"].astype("Int64")
+    # The order of campaigns.events.click_machine_reason: honeypot, the request itself, too soon.
+    too_soon = found["sent_at"] > found["occurred_at"] - pd.Timedelta(seconds=scanner_seconds())
+    found["machine_reason"] = np.select(
+        [found["is_honeypot"].astype(bool), found["reason"] != "", too_soon.fillna(False).astype(bool)],
+        ["honeypot link", found["reason"], "click too soon after delivery"],
+        default="",
+    )
+    return found
+
+
+def _not_recorded(events: pd.DataFrame) -> pd.DataFrame:
+    """Drop records whose event is already in the database (a retried chunk)."""
+    key = ["message_id", "kind", "occurred_at", "ip_hash", "user_agent"]
+    existing = pd.DataFrame(
+        list(
+            Event.objects.filter(
+                message_id__in=events["message_id"].unique().tolist(),
+                kind__in=events["kind"].unique().tolist(),
+                occurred_at__gte=events["occurred_at"].min().to_pydatetime(),
+                occurred_at__lte=events["occurred_at"].max().to_pydatetime(),
+            ).values_list(*key)
+        ),
+        columns=key,
+    )
+    if existing.empty:
+        return events
+    existing["occurred_at"] = pd.to_datetime(existing["occurred_at"], utc=True)
+    existing["message_id"] = existing["message_id"].astype(events["message_id"].dtype)
+    marked = events.merge(existing.drop_duplicates(), on=key, how="left", indicator=True)
+    return marked[marked["_merge"] == "left_only"].drop(columns="_merge")
+
+
+def _events(raw: list[bytes]) -> pd.DataFrame:
+    records = _records(raw)
+    parts = [part for part in (_opens(records), _clicks(records)) if not part.empty]
+    if not parts:
+        return pd.DataFrame()
+    found = pd.concat(parts, ignore_index=True)
+    oldest = found["occurred_at"] - pd.Timedelta(days=getattr(settings, "TRACKING_TOKEN_DAYS", 365))
+    found = found[found["sent_at"].fillna(found["created_at"]) >= oldest]
+    if found.empty:
+        return found
+    found = _not_recorded(found)
+    return pd.DataFrame(
+        {
+            "kind": found["kind"],
+            "message_id": found["message_id"].astype("int64"),
+            "campaign_id": found["campaign_id"].astype("int64"),
+            "offer_id": found["offer_id"].astype("Int64"),
+            "customer_id": found["customer_id"].astype("int64"),
+            "occurred_at": found["occurred_at"],
+            "user_agent": found["user_agent"],
+            "ip_hash": found["ip_hash"],
+            "is_machine": found["machine_reason"] != "",
+            "machine_reason": found["machine_reason"].str.slice(0, 100),
+            "is_simulated": False,
+            "meta": "{}",
+        }
+    )
+
+
+def _chunk_write(raw: list[bytes]) -> int:
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_ID])
+        events = _events(raw)
+        if events.empty:
+            return 0
+        bulk_insert(Event, events)
+        # Machine traffic never moves a first touch.
+        human = events.loc[~events["is_machine"], "message_id"].unique().tolist()
+        if human:
+            messages_first_touch_refresh(message_ids=human)
+        return len(events)
+
+
+def tracking_buffer_flush(*, chunk: int = CHUNK, max_chunks: int | None = None) -> int:
+    """Write buffered opens and clicks to the database; returns the number of events recorded."""
+    client = buffer_client()
+    take, done = client.register_script(_TAKE), client.register_script(_DONE)
+    recorded = chunks = 0
+    while max_chunks is None or chunks < max_chunks:
+        raw = take(keys=[QUEUE, FLUSHING], args=[chunk])
+        if not raw:
+            break
+        recorded += _chunk_write(raw)
+        done(keys=[FLUSHING], args=[raw[0]])
+        chunks += 1
+    return recorded

@@ -1,0 +1,177 @@
+"""Write-behind tracking (TRACKING_BUFFER): opens and clicks queued in Redis, written by the flush task."""
+
+import datetime as dt
+import os
+
+import pytest
+from django.urls import reverse
+
+from campaigns import tracking_buffer
+from campaigns.models import Event, Message, TrackedLink
+from campaigns.tasks import tracking_flush
+from campaigns.tokens import purpose_token
+from campaigns.tracking import PIXEL
+from tests.test_tracking import HUMAN_UA, offer_link, sent_message, url
+
+needs_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis (REDIS_URL)")
+
+
+@pytest.fixture
+def buffered(settings):
+    settings.TRACKING_BUFFER = True
+    settings.REDIS_URL = os.environ["REDIS_URL"]
+    client = tracking_buffer.buffer_client()
+    client.delete(tracking_buffer.QUEUE, tracking_buffer.FLUSHING)
+    yield client
+    client.delete(tracking_buffer.QUEUE, tracking_buffer.FLUSHING)
+
+
+def _queued(client) -> int:
+    return client.llen(tracking_buffer.QUEUE)
+
+
+def _touches(message: Message) -> tuple:
+    message.refresh_from_db()
+    return message.opened_at, message.clicked_at
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_pixel_and_click_are_recorded_by_the_flush(client, buffered):
+    message, offers = sent_message()
+    link = offer_link(offers[0])
+    assert client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA).content == PIXEL
+    response = client.get(url("track-click", link.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    assert (response.status_code, response["Location"]) == (302, "https://shop.example/p/1")
+    assert _queued(buffered) == 2 and not Event.objects.exists()
+    assert _touches(message) == (None, None)
+
+    assert tracking_flush.delay().get() == 2
+    assert _queued(buffered) == 0
+    opened = Event.objects.get(kind="open")
+    clicked = Event.objects.get(kind="click")
+    assert (opened.message_id, opened.campaign_id, opened.customer_id, opened.offer_id) == (
+        message.pk,
+        message.campaign_id,
+        message.customer_id,
+        None,
+    )
+    assert (clicked.message_id, clicked.offer_id, clicked.is_machine) == (message.pk, offers[0].pk, False)
+    assert opened.user_agent == HUMAN_UA and len(opened.ip_hash) == 64 and opened.meta == {}
+    assert opened.occurred_at < clicked.occurred_at
+    assert _touches(message) == (opened.occurred_at, clicked.occurred_at)
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_click_follows_the_database_url(client, buffered):
+    message, offers = sent_message()
+    link = offer_link(offers[0])
+    TrackedLink.objects.filter(pk=link.pk).update(url="https://shop.example/changed")
+    response = client.get(url("track-click", link.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    assert response["Location"] == "https://shop.example/changed"
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_tampered_unknown_and_expired_tokens_are_never_recorded(client, buffered):
+    message, offers = sent_message()
+    old, old_offers = sent_message(email="old@example.com", sent_ago=dt.timedelta(days=400))
+    good = purpose_token(message.token, "open")
+    for token in (good[:-2] + "zz", "x" + good, purpose_token(message.token, "click"), message.token):
+        assert client.get(reverse("track-open", kwargs={"token": token})).content == PIXEL
+    link = offer_link(offers[0]).token
+    for token in (purpose_token(link, "click")[:-1] + "A", purpose_token(link, "open"), link):
+        assert client.get(reverse("track-click", kwargs={"token": token})).status_code == 404
+    assert _queued(buffered) == 0  # a bad MAC queues nothing
+
+    # Well signed but unknown, or expired: the pixel queues them, the flush drops them.
+    client.get(url("track-open", "nosuchmessage", "open"), HTTP_USER_AGENT=HUMAN_UA)
+    client.get(url("track-open", old.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
+    assert client.get(url("track-click", "nosuchlink", "click")).status_code == 404
+    assert client.get(url("track-click", offer_link(old_offers[0]).token, "click")).status_code == 404
+    assert _queued(buffered) == 2
+    assert tracking_flush.delay().get() == 0
+    assert not Event.objects.exists() and _queued(buffered) == 0
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_machine_traffic_is_flagged_and_moves_no_first_touch(client, buffered):
+    message, offers = sent_message()
+    soon, soon_offers = sent_message(email="soon@example.com", sent_ago=dt.timedelta(seconds=1))
+    pixel = url("track-open", message.token, "open")
+    click = url("track-click", offer_link(offers[0]).token, "click")
+    honeypot = TrackedLink.objects.get(message=message, is_honeypot=True)
+    client.get(pixel, HTTP_USER_AGENT="Mozilla/5.0")
+    client.get(pixel, HTTP_USER_AGENT=HUMAN_UA, REMOTE_ADDR="17.58.100.1")
+    client.get(pixel, HTTP_USER_AGENT="Mozilla/5.0 (via ggpht.com GoogleImageProxy)")
+    client.head(pixel, HTTP_USER_AGENT=HUMAN_UA)
+    client.head(click, HTTP_USER_AGENT=HUMAN_UA)
+    client.get(click, HTTP_USER_AGENT="Mozilla/5.0 (compatible; Barracuda Sentinel)")
+    client.get(url("track-click", honeypot.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    client.get(url("track-click", offer_link(soon_offers[0]).token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    assert tracking_flush.delay().get() == 8
+    reasons = sorted(Event.objects.values_list("kind", "machine_reason"))
+    assert reasons == [
+        ("click", "click too soon after delivery"),
+        ("click", "head request"),
+        ("click", "honeypot link"),
+        ("click", "scanner agent"),
+        ("open", "apple mail privacy protection"),
+        ("open", "apple mail privacy protection"),
+        ("open", "head request"),
+        ("open", "image proxy"),
+    ]
+    assert not Event.objects.filter(is_machine=False).exists()
+    assert _touches(message) == (None, None) and _touches(soon) == (None, None)
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_flush_that_crashed_after_writing_is_retried_without_duplicates(client, buffered):
+    message, offers = sent_message()
+    pixel = url("track-open", message.token, "open")
+    for _ in range(3):
+        client.get(pixel, HTTP_USER_AGENT=HUMAN_UA)
+    # A flush that wrote its chunk and died before forgetting it (the worker was killed).
+    take = buffered.register_script(tracking_buffer._TAKE)
+    chunk = take(keys=[tracking_buffer.QUEUE, tracking_buffer.FLUSHING], args=[100])
+    assert tracking_buffer._chunk_write(chunk) == 3
+    assert buffered.llen(tracking_buffer.FLUSHING) == 3
+    client.get(pixel, HTTP_USER_AGENT=HUMAN_UA)  # one more while it was down
+
+    assert tracking_buffer.tracking_buffer_flush() == 1
+    assert Event.objects.filter(kind="open").count() == 4
+    assert buffered.llen(tracking_buffer.FLUSHING) == 0 and _queued(buffered) == 0
+    assert tracking_buffer.tracking_buffer_flush() == 0
+    assert Event.objects.count() == 4
+    first = Event.objects.order_by("occurred_at").first()
+    assert _touches(message)[0] == first.occurred_at
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_flush_drains_in_chunks(client, buffered):
+    message, offers = sent_message()
+    for _ in range(5):
+        client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
+        client.get(url("track-click", offer_link(offers[1]).token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    assert tracking_buffer.tracking_buffer_flush(chunk=3, max_chunks=2) == 6
+    assert _queued(buffered) == 4
+    assert tracking_buffer.tracking_buffer_flush(chunk=3) == 4
+    assert Event.objects.filter(kind="click", offer=offers[1]).count() == 5
+
+
+@pytest.mark.django_db
+def test_unreachable_or_unset_redis_records_directly(client, settings):
+    message, offers = sent_message()
+    settings.TRACKING_BUFFER = True
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
+    response = client.get(url("track-click", offer_link(offers[0]).token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    assert response.status_code == 302
+    settings.REDIS_URL = ""
+    client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
+    assert sorted(Event.objects.values_list("kind", flat=True)) == ["click", "open", "open"]
+    assert _touches(message)[1] is not None
