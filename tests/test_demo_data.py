@@ -221,3 +221,12 @@ def test_command_generates_then_skips_with_if_empty(capsys):
         call_command("generate_demo_data", "--customers", "40", "--seed", "3", "-v", "0")
     with pytest.raises(CommandError, match="--end"):
         call_command("generate_demo_data", "--customers", "40", "--end", "yesterday")
+
+
+@pytest.mark.django_db
+def test_command_also_prepares_the_demo_campaign():
+    from campaigns.models import Campaign
+
+    call_command("generate_demo_data", "--customers", "50", "--seed", "2", verbosity=0)
+    campaign = Campaign.objects.get(name="Demo: post-purchase add-ons")
+    assert campaign.kind == Campaign.Kind.POST_PURCHASE and campaign.segment and campaign.template

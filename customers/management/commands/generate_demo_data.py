@@ -1,6 +1,7 @@
 import datetime as dt
 import time
 
+from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
@@ -66,4 +67,9 @@ class Command(BaseCommand):
         for key, value in counts.items():
             self.stdout.write(f"{key.replace('_', ' ')}: {value}")
         self.stdout.write(f"seconds: {seconds:.1f}")
+        if apps.is_installed("campaigns"):
+            # A ready segment, template and post-purchase campaign, so the demo has something to run.
+            from campaigns.demo import demo_campaign_ensure
+
+            self.stdout.write(f"campaign ready: {demo_campaign_ensure().name}")
         self.stdout.write(self.style.SUCCESS("demo data generated"))
