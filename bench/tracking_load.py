@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/tracking_load.py [--server postgres://postgres@127.0.0.1:5432]
         [--seconds 60] [--workers 3] [--connections 16] [--messages 2000]
+        [--buffer [--redis redis://127.0.0.1:6379/14]]
 
 Recreates the database xsell_bench_tracking, migrates it, creates --messages sent messages with one
 tracked link each, starts gunicorn (sync workers, DEBUG off) on 127.0.0.1, and drives it with wrk (a
@@ -10,6 +11,10 @@ For each of open and click it runs the bare view (same bytes, same middleware, n
 real view in the same run, and prints req/s, their ratio, p50/p99 latency, errors (socket errors and
 non-2xx/3xx answers) and events recorded versus requests counted by wrk (wrk does not count requests
 still in flight when it stops, so the server may record up to --connections more).
+
+With --buffer the server runs with TRACKING_BUFFER=1 and REDIS_URL=--redis (the write-behind buffer of
+campaigns.tracking_buffer): after each tracked run the script flushes the queue in-process, timing the
+flush, before counting events.
 """
 
 from __future__ import annotations
@@ -144,6 +149,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument(
+        "--buffer", action="store_true", help="TRACKING_BUFFER=1: queue in Redis, flush after"
+    )
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
     args = parser.parse_args()
 
     env = {
@@ -158,6 +167,8 @@ def main() -> None:
         "DJANGO_SETTINGS_MODULE": "tracking_site",
         "PYTHONPATH": f"{ROOT / 'bench'}:{ROOT}",
     }
+    if args.buffer:
+        env |= {"TRACKING_BUFFER": "1", "REDIS_URL": args.redis}
     os.environ.update(env)
     sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
@@ -167,6 +178,10 @@ def main() -> None:
     from campaigns.models import Event
 
     pixels, clicks = fixtures_create(messages=args.messages)
+    if args.buffer:
+        from campaigns.tracking_buffer import FLUSHING, QUEUE, buffer_client, tracking_buffer_flush
+
+        buffer_client().delete(QUEUE, FLUSHING)
     server = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("gunicorn")),
@@ -187,9 +202,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             # Warm every worker's connection and imports before measuring.
             wrk_run(paths=pixels[:50], seconds=3, connections=args.connections, tmp=Path(tmp), name="warm")
+            if args.buffer:
+                tracking_buffer_flush()  # the warm-up's opens are not the run's
             print(
                 f"gunicorn -w {args.workers} (sync), wrk -t2 -c{args.connections} -d{args.seconds}s, "
                 f"{args.messages} messages, PostgreSQL"
+                + (f", TRACKING_BUFFER=1 (Redis {args.redis})" if args.buffer else "")
             )
             for kind, paths in (("open", pixels), ("click", clicks)):
                 bare_paths = [p.replace("/t/o/", "/bare/o/").replace("/t/c/", "/bare/c/") for p in paths]
@@ -206,11 +224,17 @@ def main() -> None:
                     paths=paths, seconds=args.seconds, connections=args.connections, tmp=Path(tmp), name=kind
                 )
                 time.sleep(1)
+                flushed = ""
+                if args.buffer:
+                    started = time.perf_counter()
+                    count = tracking_buffer_flush()
+                    seconds = time.perf_counter() - started
+                    flushed = f" (flush {count} in {seconds:.1f} s, {count / max(seconds, 1e-9):,.0f}/s)"
                 recorded = Event.objects.filter(kind=kind).count() - before
                 print(
                     f"{kind:5}  bare {bare['rps']:8.0f} req/s p99 {bare['p99']}, errors {bare['errors']} | "
                     f"tracked {real['rps']:8.0f} req/s p50 {real['p50']} p99 {real['p99']}, errors {real['errors']} | "
-                    f"ratio {real['rps'] / bare['rps']:.2f} | requests {real['requests']}, events {recorded}"
+                    f"ratio {real['rps'] / bare['rps']:.2f} | requests {real['requests']}, events {recorded}{flushed}"
                 )
     finally:
         server.terminate()

@@ -9,10 +9,12 @@ attribution can leave it out with `is_machine=False`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import ipaddress
 import re
+import socket
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -28,7 +30,7 @@ UA_MAX = 500
 # Image proxies fetch every image when a mail is delivered or displayed: an open by them is no person.
 # Apple Mail Privacy Protection fetches from Apple's 17.0.0.0/8 with a bare "Mozilla/5.0" agent.
 _PROXY_AGENTS = re.compile(r"GoogleImageProxy|YahooMailProxy|ggpht\.com|Apple-Mail-Proxy", re.IGNORECASE)
-_APPLE_NETWORK = ipaddress.ip_network("17.0.0.0/8")
+_APPLE_FIRST_BYTE = 17  # Apple's 17.0.0.0/8
 
 # Security gateways and crawlers that follow every link of a message before its reader sees it.
 _SCANNER_AGENTS = re.compile(
@@ -53,32 +55,57 @@ def client_facts(request) -> dict:
     }
 
 
+def _ipv4(address: str) -> bytes | None:
+    # inet_pton is C and as strict as ipaddress (no leading zeros, four parts); ipaddress costs ~10 µs.
+    try:
+        return socket.inet_pton(socket.AF_INET, address)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def ip_hash(address: str) -> str:
     """HMAC-SHA256 (keyed with SECRET_KEY) of the address's /24 or /48 network; '' if not an address."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return ""
-    network = ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False)
-    return hmac.new(settings.SECRET_KEY.encode(), str(network).encode(), hashlib.sha256).hexdigest()
+    if packed := _ipv4(address):
+        network = socket.inet_ntop(socket.AF_INET, packed[:3] + bytes(1)) + "/24"
+    else:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return ""
+        network = str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False))
+    return hmac.new(settings.SECRET_KEY.encode(), network.encode(), hashlib.sha256).hexdigest()
 
 
 def _in_apple_network(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address) in _APPLE_NETWORK
-    except ValueError:
-        return False
+    packed = _ipv4(address)
+    return packed is not None and packed[0] == _APPLE_FIRST_BYTE
+
+
+def _agent_flags(user_agent: str) -> tuple[bool, bool]:
+    """(an image proxy's agent, a scanner's agent). The scanner pattern costs ~30 µs per search."""
+    if len(user_agent) > UA_MAX:
+        return _agent_flags_search(user_agent)
+    return _agent_flags_cached(user_agent)
+
+
+def _agent_flags_search(user_agent: str) -> tuple[bool, bool]:
+    return bool(_PROXY_AGENTS.search(user_agent)), bool(_SCANNER_AGENTS.search(user_agent))
+
+
+# Mail clients send few distinct agents: the pixel and the click classify each once per process.
+_agent_flags_cached = functools.lru_cache(maxsize=4096)(_agent_flags_search)
 
 
 def open_machine_reason(*, user_agent: str, address: str) -> str:
     """Why an open is not a person reading ('' if it may be one)."""
-    if _PROXY_AGENTS.search(user_agent):
+    proxy, scanner = _agent_flags(user_agent)
+    if proxy:
         return "image proxy"
     if user_agent.strip() == "Mozilla/5.0" or _in_apple_network(address):
         return "apple mail privacy protection"
     if not user_agent:
         return "no user agent"
-    if _SCANNER_AGENTS.search(user_agent):
+    if scanner:
         return "scanner agent"
     return ""
 
@@ -89,7 +116,7 @@ def click_request_reason(*, method: str, user_agent: str) -> str:
         return "head request"
     if not user_agent:
         return "no user agent"
-    if _SCANNER_AGENTS.search(user_agent) or _PROXY_AGENTS.search(user_agent):
+    if any(_agent_flags(user_agent)):
         return "scanner agent"
     return ""
 

@@ -1,8 +1,10 @@
 """Write-behind buffer for opens and clicks (TRACKING_BUFFER, needs REDIS_URL).
 
 With the buffer on, the pixel checks its token's HMAC (a valid MAC means we issued the token) and
-appends one compact record to a Redis list: one round trip, no database. The click still reads the
-stored URL with one indexed SELECT (the database decides where a link goes), then appends its record.
+appends one compact record to a Redis list: one round trip, no database. The click also needs the
+link's stored URL: one indexed SELECT the first time, then from a Redis cache for an hour (fetched in
+the same round trip that queues the record).
+
 The Celery task campaigns.tracking_flush (beat, every 10 s) drains the list in chunks: it looks the
 tokens up, drops unknown and expired ones (so only known rows are ever recorded), applies the
 click-time machine checks (honeypot, too soon after delivery), inserts the events set-based and
@@ -34,6 +36,8 @@ from .models import Event, Message, TrackedLink
 
 QUEUE = "xsell:tracking:queue"
 FLUSHING = "xsell:tracking:flushing"
+LINK_PREFIX = "xsell:tracking:link:"
+LINK_SECONDS = 3600
 CHUNK = 5_000
 _LOCK_ID = 0x7873656C6C  # pg_advisory_xact_lock key of the flush
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -71,41 +75,63 @@ def buffer_client() -> redis.Redis:
     return _client(settings.REDIS_URL)
 
 
-def _push(*, kind: str, token: str, request, reason: str, now: dt.datetime) -> None:
+def _micros(moment: dt.datetime) -> int:
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1)  # exact, unlike a float timestamp
+
+
+def _record(*, kind: str, token: str, request, reason: str, now: dt.datetime) -> str:
     facts = client_facts(request)
-    record = [
-        os.urandom(6).hex(),
-        kind,
-        token,
-        (now - _EPOCH) // dt.timedelta(microseconds=1),  # exact, unlike a float timestamp
-        reason,
-        facts["ip_hash"],
-        facts["user_agent"],
-    ]
-    buffer_client().rpush(QUEUE, json.dumps(record, separators=(",", ":")))
+    return json.dumps(
+        [
+            os.urandom(6).hex(),
+            kind,
+            token,
+            _micros(now),
+            reason,
+            facts["ip_hash"],
+            facts["user_agent"],
+        ],
+        separators=(",", ":"),
+    )
 
 
 def open_buffer(*, token: str, request, reason: str, now: dt.datetime) -> None:
     """Queue an open of a well-signed token (unknown or expired rows are dropped by the flush)."""
-    _push(kind=Event.Kind.OPEN, token=token, request=request, reason=reason, now=now)
+    record = _record(kind=Event.Kind.OPEN, token=token, request=request, reason=reason, now=now)
+    buffer_client().rpush(QUEUE, record)
 
 
-_LINK_URL = """
-SELECT l.url FROM campaigns_trackedlink l JOIN campaigns_message m ON m.id = l.message_id
-WHERE l.token = %s AND COALESCE(m.sent_at, m.created_at) >= %s
+_LINK = """
+SELECT l.url, COALESCE(m.sent_at, m.created_at) FROM campaigns_trackedlink l
+JOIN campaigns_message m ON m.id = l.message_id WHERE l.token = %s
 """
 
 
 def click_buffer(*, token: str, request, now: dt.datetime, oldest: dt.datetime) -> str | None:
-    """The link's stored URL (None if unknown or expired), the click queued."""
+    """The link's stored URL (None if unknown or expired), the click queued.
+
+    The URL and the message's sending time are cached in Redis for LINK_SECONDS after a first lookup,
+    so a later click on the same link is one round trip to Redis (cached value and queued record
+    together). Links are written once when their message is composed and never edited.
+    """
+    reason = click_request_reason(method=request.method, user_agent=request.META.get("HTTP_USER_AGENT", ""))
+    record = _record(kind=Event.Kind.CLICK, token=token, request=request, reason=reason, now=now)
+    client = buffer_client()
+    # Queued before the link is known: the flush drops unknown and expired links anyway.
+    cached, _ = client.pipeline(transaction=False).get(LINK_PREFIX + token).rpush(QUEUE, record).execute()
+    if cached is not None:
+        start, _, url = cached.decode().partition("|")
+        return url if int(start) >= _micros(oldest) else None
     with connection.cursor() as cursor:
-        cursor.execute(_LINK_URL, [token, oldest])
+        cursor.execute(_LINK, [token])
         row = cursor.fetchone()
     if row is None:
         return None
-    reason = click_request_reason(method=request.method, user_agent=request.META.get("HTTP_USER_AGENT", ""))
-    _push(kind=Event.Kind.CLICK, token=token, request=request, reason=reason, now=now)
-    return row[0]
+    url, start = row
+    if isinstance(start, str):  # SQLite returns an expression's datetime as its stored UTC text
+        start = dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC)
+    client.set(LINK_PREFIX + token, f"{_micros(start)}|{url}", ex=LINK_SECONDS)
+    return url if start >= oldest else None
 
 
 # ---------------------------------------------------------------------------------------------- flush

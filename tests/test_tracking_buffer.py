@@ -1,12 +1,16 @@
 """Write-behind tracking (TRACKING_BUFFER): opens and clicks queued in Redis, written by the flush task."""
 
 import datetime as dt
+import hashlib
+import hmac
+import ipaddress
 import os
 
 import pytest
 from django.urls import reverse
 
 from campaigns import tracking_buffer
+from campaigns.events import ip_hash
 from campaigns.models import Event, Message, TrackedLink
 from campaigns.tasks import tracking_flush
 from campaigns.tokens import purpose_token
@@ -21,9 +25,15 @@ def buffered(settings):
     settings.TRACKING_BUFFER = True
     settings.REDIS_URL = os.environ["REDIS_URL"]
     client = tracking_buffer.buffer_client()
-    client.delete(tracking_buffer.QUEUE, tracking_buffer.FLUSHING)
+    _clear(client)
     yield client
+    _clear(client)
+
+
+def _clear(client) -> None:
     client.delete(tracking_buffer.QUEUE, tracking_buffer.FLUSHING)
+    for key in client.scan_iter(tracking_buffer.LINK_PREFIX + "*"):
+        client.delete(key)
 
 
 def _queued(client) -> int:
@@ -64,12 +74,24 @@ def test_pixel_and_click_are_recorded_by_the_flush(client, buffered):
 
 @needs_redis
 @pytest.mark.django_db
-def test_click_follows_the_database_url(client, buffered):
+def test_click_reads_the_database_once_then_the_cache(client, buffered, settings):
     message, offers = sent_message()
     link = offer_link(offers[0])
     TrackedLink.objects.filter(pk=link.pk).update(url="https://shop.example/changed")
-    response = client.get(url("track-click", link.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
-    assert response["Location"] == "https://shop.example/changed"
+    path = url("track-click", link.token, "click")
+    assert client.get(path, HTTP_USER_AGENT=HUMAN_UA)["Location"] == "https://shop.example/changed"
+    # The link is gone (its message deleted): the cached URL still answers, the flush records nothing.
+    message.delete()
+    assert client.get(path, HTTP_USER_AGENT=HUMAN_UA)["Location"] == "https://shop.example/changed"
+    assert tracking_flush.delay().get() == 0
+    # The cache keeps the sending time, so links still expire.
+    other, other_offers = sent_message(email="other@example.com", sent_ago=dt.timedelta(days=2))
+    path = url("track-click", offer_link(other_offers[0]).token, "click")
+    assert client.get(path, HTTP_USER_AGENT=HUMAN_UA).status_code == 302
+    assert tracking_flush.delay().get() == 1
+    settings.TRACKING_TOKEN_DAYS = 1
+    assert client.get(path, HTTP_USER_AGENT=HUMAN_UA).status_code == 404
+    assert tracking_flush.delay().get() == 0
 
 
 @needs_redis
@@ -85,12 +107,12 @@ def test_tampered_unknown_and_expired_tokens_are_never_recorded(client, buffered
         assert client.get(reverse("track-click", kwargs={"token": token})).status_code == 404
     assert _queued(buffered) == 0  # a bad MAC queues nothing
 
-    # Well signed but unknown, or expired: the pixel queues them, the flush drops them.
+    # Well signed but unknown, or expired: queued, then dropped by the flush.
     client.get(url("track-open", "nosuchmessage", "open"), HTTP_USER_AGENT=HUMAN_UA)
     client.get(url("track-open", old.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
     assert client.get(url("track-click", "nosuchlink", "click")).status_code == 404
     assert client.get(url("track-click", offer_link(old_offers[0]).token, "click")).status_code == 404
-    assert _queued(buffered) == 2
+    assert _queued(buffered) == 4
     assert tracking_flush.delay().get() == 0
     assert not Event.objects.exists() and _queued(buffered) == 0
 
@@ -175,3 +197,18 @@ def test_unreachable_or_unset_redis_records_directly(client, settings):
     client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
     assert sorted(Event.objects.values_list("kind", flat=True)) == ["click", "open", "open"]
     assert _touches(message)[1] is not None
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["10.1.2.3", "255.255.255.255", "17.1.2.3", "2001:db8::1", "::ffff:1.2.3.4", "01.2.3.4", "", "x"],
+)
+def test_network_hash_of_the_fast_path_is_the_ipaddress_one(address, settings):
+    # The hot paths parse IPv4 with inet_pton; the stored hash must not change.
+    try:
+        ip = ipaddress.ip_address(address)
+        network = str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False))
+        expected = hmac.new(settings.SECRET_KEY.encode(), network.encode(), hashlib.sha256).hexdigest()
+    except ValueError:
+        expected = ""
+    assert ip_hash(address) == expected
