@@ -108,10 +108,12 @@ def demo_events_simulate(*, campaign: Campaign, seed: int = 7) -> dict[str, int]
             events.append(_event(message, Event.Kind.ACCEPT, when + dt.timedelta(minutes=2), offer=offer))
             counts["accepts"] += 1
             new_orders.append((message.customer_id, [offer.product], when + dt.timedelta(minutes=10)))
-    # The holdout buys too, less often: the baseline the uplift is measured against.
-    for message in Message.objects.filter(campaign=campaign, status=Message.Status.HOLDOUT).select_related(
-        "trigger_order"
-    ):
+    # Everyone also buys on their own now and then, recipients and holdout alike: the baseline the
+    # uplift is measured against. Only recipients were shown offers, so their acceptances come on top.
+    members = Message.objects.filter(
+        campaign=campaign, status__in=(Message.Status.SENT, Message.Status.HOLDOUT)
+    )
+    for message in members.order_by("pk"):
         if rng.random() < 0.05:
             line = (
                 OrderLine.objects.filter(order__customer_id=message.customer_id)
@@ -119,8 +121,9 @@ def demo_events_simulate(*, campaign: Campaign, seed: int = 7) -> dict[str, int]
                 .first()
             )
             if line:
+                start = message.sent_at or message.created_at
                 new_orders.append(
-                    (message.customer_id, [line.product], message.created_at + dt.timedelta(days=3))
+                    (message.customer_id, [line.product], start + dt.timedelta(days=rng.uniform(1, 20)))
                 )
     Event.objects.bulk_create(events, ignore_conflicts=True)
     messages_first_touch_refresh(message_ids=sorted({e.message_id for e in events}))

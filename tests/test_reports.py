@@ -166,8 +166,10 @@ def test_revenue_orders_and_clv(shop):
     assert report["revenue_per_recipient"] == pytest.approx(10.0)
     assert report["holdout_revenue"] == pytest.approx(25.0)
     assert report["revenue_per_holdout"] == pytest.approx(6.25)
-    assert report["recipient_conversion_rate"] == pytest.approx(0.3)
-    assert report["holdout_conversion_rate"] == pytest.approx(0.25)
+    assert report["recipient_conversion_rate"] == pytest.approx(0.3)  # c2, c3, c9 bought in the window
+    assert report["holdout_conversion_rate"] == pytest.approx(0.25)  # c11
+    assert report["recipient_window_revenue_per_member"] == pytest.approx(11.0)  # 110 / 10, not only offers
+    assert report["window"]["holdout"] == {"members": 4, "buyers": 1, "revenue": 25.0, "revenue_sq": 625.0}
     rec, hold = report["orders"]["recipients"], report["orders"]["holdout"]
     # Window orders: O1 (60, 3 products), O2 (40, 1), O9 (10, 1); O4 late, O5 early, O6 cancelled.
     assert rec["orders"] == 3
@@ -196,14 +198,15 @@ def test_uplift_small_groups_not_significant(shop):
     assert u["diff"] == pytest.approx(0.05)
     assert (u["low"], u["high"]) == (pytest.approx(0.05 - 1.959964 * se), pytest.approx(0.05 + 1.959964 * se))
     assert u["verdict"] == "not significant yet" and "Wald" in u["method"]
-    recipients = [50, 40, 10] + [0] * 7
+    # Any purchase in the window, both groups alike: O1 60, O2 40, O9 10 for recipients; OH 25 for holdout.
+    recipients = [60, 40, 10] + [0] * 7
     holdout = [25, 0, 0, 0]
     va, vb = statistics.variance(recipients) / 10, statistics.variance(holdout) / 4
     df = (va + vb) ** 2 / (va**2 / 9 + vb**2 / 3)
     half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
     m = report["uplift_revenue"]
-    assert m["diff"] == pytest.approx(10 - 6.25)
-    assert (m["low"], m["high"]) == (pytest.approx(3.75 - half), pytest.approx(3.75 + half))
+    assert m["diff"] == pytest.approx(11 - 6.25)
+    assert (m["low"], m["high"]) == (pytest.approx(4.75 - half), pytest.approx(4.75 + half))
     assert m["verdict"] == "not significant yet" and "Welch" in m["method"]
 
 

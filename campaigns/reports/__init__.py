@@ -11,12 +11,14 @@ of the last 90 days); nothing loops over messages in Python. Definitions (also p
   click implies an open); bots and privacy proxies (``is_machine``) are left out.
 - accepted: distinct sent messages with an accept event.
 - converted: distinct sent messages with a Conversion on one of their offers (offer not null).
-- holdout: messages with status ``holdout``; their conversions are Conversion rows with is_holdout=True
-  (any purchase in the attribution window, offer None).
-- uplift on conversion rate: p(recipients) − p(holdout), 95% Wald interval (normal approximation for the
+- holdout: messages with status ``holdout`` (never shown offers).
+- uplift compares both groups on the same measure, any placed order within the attribution window after
+  the email (sent_at; created_at for the holdout): offer-attributed conversions exist only for
+  recipients, so comparing them with the holdout's purchases would understate the campaign.
+- uplift on purchase rate: p(recipients) − p(holdout), 95% Wald interval (normal approximation for the
   difference of two proportions).
-- uplift on revenue per recipient: difference of means, Welch 95% interval (t with Welch–Satterthwaite
-  degrees of freedom) from sums and sums of squares of per-message revenue; no conversion counts as 0.
+- uplift on revenue per member: difference of means, Welch 95% interval (t with Welch–Satterthwaite
+  degrees of freedom) from sums and sums of squares of per-member window revenue; no purchase counts as 0.
 - Either uplift is "not significant yet" when a group has fewer than 30 members or the interval
   includes 0.
 - AOV and cross-sell ratio: placed orders of the group's customers within the attribution window after

@@ -8,8 +8,23 @@ import datetime as dt
 import pandas as pd
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Count, F, Max, Min, Q, Sum, Value, When
-from django.db.models.functions import TruncDate
+from django.db.models import (
+    Case,
+    Count,
+    DateTimeField,
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from customers.models import Customer, Order
@@ -195,6 +210,47 @@ def _recipient_conversion() -> Q:
 
 def _holdout_conversion() -> Q:
     return Q(is_holdout=True, message__status=HOLDOUT)
+
+
+def window_purchases(*, scope: dict, status: str) -> dict:
+    """Members of a group, how many bought anything in their window, and the revenue (sum, sum of squares).
+
+    The same measure for both groups (any placed order by the member within the attribution window after
+    the email, or after planning for the holdout), so the uplift compares like with like: offer-attributed
+    conversions exist only for recipients, who were the only ones shown offers.
+    """
+    start = "sent_at" if status == SENT else "created_at"
+    spent = (
+        Order.objects.filter(
+            customer_id=OuterRef("customer_id"),
+            status=Order.Status.PLACED,
+            placed_at__gte=OuterRef(start),
+            placed_at__lt=ExpressionWrapper(
+                OuterRef(start) + attribution_window(), output_field=DateTimeField()
+            ),
+        )
+        .order_by()
+        .values("customer_id")
+        .annotate(t=Sum("total"))
+        .values("t")
+    )
+    per_member = (
+        Message.objects.filter(_scoped(scope), status=status)
+        .annotate(
+            r=Coalesce(Subquery(spent), Value(0), output_field=DecimalField(max_digits=16, decimal_places=2))
+        )
+        .values("r")
+        .order_by()
+    )
+    n, buyers, revenue, revenue_sq = _wrap(
+        per_member, "COUNT(*), SUM(CASE WHEN r > 0 THEN 1 ELSE 0 END), SUM(r), SUM(r * r)"
+    )[0]
+    return {
+        "members": int(n or 0),
+        "buyers": int(buyers or 0),
+        "revenue": float(revenue or 0),
+        "revenue_sq": float(revenue_sq or 0),
+    }
 
 
 def window_orders(*, scope: dict, status: str) -> dict:

@@ -25,6 +25,7 @@ from .queries import (
     message_summary,
     top_products,
     window_orders,
+    window_purchases,
 )
 from .uplift import uplift_mean, uplift_proportion
 
@@ -93,6 +94,8 @@ def scope_report(*, scope: dict) -> dict:
         messages = message_summary(scope=scope)
         events = event_summary(scope=scope, messages=messages)
         money = conversion_summary(scope=scope)
+        recipients_bought = window_purchases(scope=scope, status=SENT)
+        holdout_bought = window_purchases(scope=scope, status=HOLDOUT)
         recipients_orders = window_orders(scope=scope, status=SENT)
         holdout_orders = window_orders(scope=scope, status=HOLDOUT)
         recipient_customers = Customer.objects.filter(
@@ -101,28 +104,37 @@ def scope_report(*, scope: dict) -> dict:
         clv = lifetime_value(customers=recipient_customers)
         products = top_products(scope=scope)
     counts = funnel(messages=messages, events=events, conversions=money)
-    sent, holdout = counts["sent"], counts["holdout"]
+    sent = counts["sent"]
     return {
         "counts": counts,
         "rates": funnel_rates(counts),
-        "holdout_conversion_rate": _ratio(counts["holdout_converted"], holdout),
-        "recipient_conversion_rate": _ratio(counts["converted"], sent),
+        # Offer-attributed: what the campaign's offers earned (recipients only).
         "revenue": money["revenue"],
-        "holdout_revenue": money["holdout_revenue"],
         "revenue_per_recipient": _ratio(money["revenue"], sent),
-        "revenue_per_holdout": _ratio(money["holdout_revenue"], holdout),
+        # Any purchase in the window, both groups alike: the basis of the uplift.
+        "window": {"recipients": recipients_bought, "holdout": holdout_bought},
+        "recipient_conversion_rate": _ratio(recipients_bought["buyers"], recipients_bought["members"]),
+        "holdout_conversion_rate": _ratio(holdout_bought["buyers"], holdout_bought["members"]),
+        "recipient_window_revenue_per_member": _ratio(
+            recipients_bought["revenue"], recipients_bought["members"]
+        ),
+        "holdout_revenue": holdout_bought["revenue"],
+        "revenue_per_holdout": _ratio(holdout_bought["revenue"], holdout_bought["members"]),
         "orders": {"recipients": recipients_orders, "holdout": holdout_orders},
         "clv": clv,
         "uplift_conversion": uplift_proportion(
-            x1=counts["converted"], n1=sent, x2=counts["holdout_converted"], n2=holdout
+            x1=recipients_bought["buyers"],
+            n1=recipients_bought["members"],
+            x2=holdout_bought["buyers"],
+            n2=holdout_bought["members"],
         ),
         "uplift_revenue": uplift_mean(
-            s1=money["revenue"],
-            ss1=money["revenue_sq"],
-            n1=sent,
-            s2=money["holdout_revenue"],
-            ss2=money["holdout_revenue_sq"],
-            n2=holdout,
+            s1=recipients_bought["revenue"],
+            ss1=recipients_bought["revenue_sq"],
+            n1=recipients_bought["members"],
+            s2=holdout_bought["revenue"],
+            ss2=holdout_bought["revenue_sq"],
+            n2=holdout_bought["members"],
         ),
         "daily": daily_series(messages=messages, events=events, conversions=money),
         "top_products": products,
