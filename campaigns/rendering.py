@@ -22,7 +22,7 @@ import css_inline
 from django.conf import settings
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 MAX_OUTPUT_CHARS = 500_000  # per part; a real email is a few tens of KB
 MAX_RENDER_SECONDS = 2.0
@@ -95,6 +95,58 @@ LAYOUT_ENV = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+# One inliner for the process: building it per email parses its options again.
+_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
+_SLOT = "@@xsell-slot-{}@@"  # survives autoescaping unchanged (no & < > " ')
+_SLOT_RE = re.compile(r"@@xsell-slot-([a-z_]+)@@")
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_pieces(name: str, variables: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The layout rendered once with a marker per variable, cut at the markers: literal pieces and the
+    variable between each two; None when filling the markers would not reproduce a real render."""
+    template = LAYOUT_ENV.get_template(name)
+    marked = template.render({v: Markup(_SLOT.format(v)) for v in variables})
+    parts = _SLOT_RE.split(marked)
+    pieces, slots = tuple(parts[0::2]), tuple(parts[1::2])
+    if set(slots) - set(variables):
+        return None
+    # A layout that filters or tests a variable's value (|upper, {% if x == ... %}) cannot be cut up:
+    # check once against a real render with values that need escaping.
+    probe = {v: f"https://x.example/{v}?a=1&b=<2>\"'" for v in variables}
+    if "body" in probe:
+        probe["body"] = Markup('<p class="offer">A &amp; B</p>')
+    if _fill(pieces, slots, probe, _autoescaped(name)) != template.render(probe):
+        return None
+    return pieces, slots
+
+
+def _fill(pieces, slots, values: dict, autoescape: bool) -> str:
+    out = [pieces[0]]
+    for slot, piece in zip(slots, pieces[1:], strict=True):
+        value = values[slot]
+        out.append(escape(value) if autoescape else str(value))
+        out.append(piece)
+    return "".join(out)
+
+
+def layout_fill(name: str, **values) -> str:
+    """Render one of our layouts: rendered once per process with markers, then filled per email.
+
+    The layouts are trusted files that only place their variables, so filling the markers with the
+    escaped values is the same text as a render (checked once per layout); a layout edited on disk is
+    picked up on the next worker start.
+    """
+    cut = _layout_pieces(name, tuple(sorted(values)))
+    if cut is None:
+        return LAYOUT_ENV.get_template(name).render(values)
+    return _fill(*cut, values, _autoescaped(name))
+
+
+def _autoescaped(name: str) -> bool:
+    return LAYOUT_ENV.autoescape(name) if callable(LAYOUT_ENV.autoescape) else LAYOUT_ENV.autoescape
 
 
 @dataclass(frozen=True)
@@ -204,14 +256,12 @@ def email_render(
     body_text = _render_bounded(TEXT_ENV, text, context, "text")
     footer = footer or {}
     try:
-        page = LAYOUT_ENV.get_template(layout).render(
-            body=Markup(body_html), subject=rendered_subject, **footer
-        )
+        page = layout_fill(layout, body=Markup(body_html), subject=rendered_subject, **footer)
         text_layout = layout.rsplit(".", 1)[0] + ".txt"
-        full_text = LAYOUT_ENV.get_template(text_layout).render(body=body_text, **footer)
+        full_text = layout_fill(text_layout, body=body_text, **footer)
     except TemplateError as exc:
         raise RenderError(f"layout {layout}: {exc}") from None
-    page = css_inline.inline(page, load_remote_stylesheets=False)
+    page = _INLINER.inline(page)
     return RenderedEmail(subject=rendered_subject[:500], html=page, text=full_text)
 
 

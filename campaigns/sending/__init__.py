@@ -13,11 +13,11 @@ import logging
 
 from django.core.mail import EmailMultiAlternatives
 
-from ..models import Message, TrackedLink
+from ..models import Message
 from ..rendering import RenderError
 from .claim import messages_claim, messages_due, messages_sweep_stuck
-from .compose import message_build, offers_create, product_url, with_utm
-from .deliver import deliver
+from .compose import links_store, message_build, offers_create, product_url, with_utm
+from .deliver import Courier
 
 __all__ = [
     "message_build",
@@ -32,6 +32,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Messages rendered (and their links stored) before their emails are handed to the courier.
+COMPOSE_CHUNK = 100
+
 
 def _skip(messages: list[Message], reason: str, error: str = "") -> None:
     Message.objects.filter(pk__in=[m.pk for m in messages], status=Message.Status.SENDING).update(
@@ -40,28 +43,52 @@ def _skip(messages: list[Message], reason: str, error: str = "") -> None:
 
 
 def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> dict[str, int]:
-    """Send one batch: claim, offers, render, deliver over one connection. Returns counts by outcome."""
+    """Send one batch: claim, offers, then per chunk render, store links and hand the chunk to the
+    courier, which delivers it over the batch's one connection while the next chunk is rendered.
+    Returns counts by outcome."""
     counts = {"claimed": 0, "sent": 0, "retry": 0, "failed": 0, "uncertain": 0, "skipped": 0}
     claimed = messages_claim(message_ids=message_ids, now=now)
     if not claimed:
         return counts
     counts["claimed"] = len(claimed)
-    orders = {
-        m.pk: m.trigger_order
-        for m in Message.objects.filter(pk__in=[m.pk for m in claimed if m.trigger_order_id]).select_related(
-            "trigger_order"
-        )
-    }
-    for m in claimed:
+    _orders_attach(claimed)
+    # One recommender call per batch (its cost is mostly per call); rendering, links and delivery go by
+    # chunks so the courier starts early and sends one chunk while the next is rendered.
+    offers, offer_links = offers_create(messages=claimed)
+    with Courier(counts) as courier:
+        for start in range(0, len(claimed), COMPOSE_CHUNK):
+            chunk = claimed[start : start + COMPOSE_CHUNK]
+            ready, links = _compose(chunk, offers, counts)
+            chunk_ids = {m.pk for m in chunk}
+            links += [row for row in offer_links if row[0] in chunk_ids]
+            links_store(links)  # stored before any email with them goes out
+            courier.send(ready)
+    return counts
+
+
+def _orders_attach(messages: list[Message]) -> None:
+    with_order = [m.pk for m in messages if m.trigger_order_id]
+    orders = (
+        {
+            m.pk: m.trigger_order
+            for m in Message.objects.filter(pk__in=with_order).select_related("trigger_order")
+        }
+        if with_order
+        else {}
+    )
+    for m in messages:
         m.trigger_order = orders.get(m.pk)
-    offers = offers_create(messages=claimed)
-    no_offer = [m for m in claimed if not offers.get(m.pk)]
+
+
+def _compose(
+    messages: list[Message], offers: dict[int, list], counts: dict[str, int]
+) -> tuple[list[tuple[Message, EmailMultiAlternatives]], list[tuple]]:
+    links: list[tuple] = []
+    no_offer = [m for m in messages if not offers.get(m.pk)]
     _skip(no_offer, Message.SkipReason.NO_OFFER)
     counts["skipped"] += len(no_offer)
-
     ready: list[tuple[Message, EmailMultiAlternatives]] = []
-    links: list[TrackedLink] = []
-    for message in claimed:
+    for message in messages:
         if not offers.get(message.pk):
             continue
         try:
@@ -73,6 +100,4 @@ def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> 
             continue
         links += message_links
         ready.append((message, email))
-    TrackedLink.objects.bulk_create(links)  # stored before any email with them goes out
-    deliver(ready, counts)
-    return counts
+    return ready, links

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import queue
 import random
 import smtplib
+import threading
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -23,7 +25,7 @@ from .compose import mail_domain
 log = logging.getLogger(__name__)
 
 
-SENT_FLUSH = 50  # accepted messages recorded as sent per UPDATE
+SENT_FLUSH = 200  # accepted messages recorded as sent per UPDATE (its cost is mostly per statement)
 
 
 class _Outcome:
@@ -89,39 +91,87 @@ def _record(message: Message, outcome: str, error: str = "", hard_bounce: bool =
         )
 
 
-def deliver(ready: list[tuple[Message, EmailMultiAlternatives]], counts: dict[str, int]) -> None:
-    if not ready:
-        return
-    connection = get_connection(fail_silently=False)
-    try:
-        connection.open()
-    except Exception as exc:  # noqa: BLE001 - nothing was sent: every message may be retried
-        for message, _ in ready:
-            _record(message, _Outcome.RETRY, f"cannot connect: {exc}")
-        counts["retry"] += len(ready)
-        return
-    sent: list[int] = []
-    try:
-        for message, email in ready:
-            email.connection = connection
+class Courier:
+    """Delivers chunks of ready emails over one connection in a thread while the next chunk is composed.
+
+    Only the thread talks SMTP; it records nothing. Outcomes come back on a queue and the caller's
+    thread records them (its database connection, never inside a transaction held across SMTP). An
+    email is handed over only after its claim committed and its links are stored.
+    """
+
+    def __init__(self, counts: dict[str, int], depth: int = 2):
+        self.counts = counts
+        self.chunks: queue.Queue = queue.Queue(maxsize=depth)  # bounded: composing waits for SMTP
+        self.outcomes: queue.SimpleQueue = queue.SimpleQueue()
+        self.sent: list[int] = []
+        self.thread = threading.Thread(target=self._run, name="xsell-courier", daemon=True)
+
+    def __enter__(self) -> Courier:
+        self.thread.start()
+        return self
+
+    def send(self, ready: list[tuple[Message, EmailMultiAlternatives]]) -> None:
+        if ready:
+            self.chunks.put(ready)
+        self.record()
+
+    def __exit__(self, *exc) -> None:
+        self.chunks.put(None)
+        self.thread.join()
+        # A crash before this leaves the unrecorded ones in "sending": swept to "uncertain", never resent.
+        self.record()
+        _record_sent(self.sent)
+
+    def record(self) -> None:
+        """Record the outcomes the thread has reported so far."""
+        while True:
             try:
-                email.send()
-            except Exception as exc:  # noqa: BLE001 - one message's failure must not stop the batch
-                outcome, hard, error = _classify(exc)
+                message, outcome, error, hard = self.outcomes.get_nowait()
+            except queue.Empty:
+                return
+            self.counts[outcome] += 1
+            if outcome == _Outcome.SENT:
+                self.sent.append(message.pk)
+                if len(self.sent) >= SENT_FLUSH:
+                    _record_sent(self.sent)
+            else:
                 _record(message, outcome, error, hard_bounce=hard)
-                counts[outcome] += 1
-                if outcome == _Outcome.UNCERTAIN:
-                    _reconnect(connection)
-                continue
-            sent.append(message.pk)
-            counts["sent"] += 1
-            if len(sent) >= SENT_FLUSH:
-                _record_sent(sent)
-    finally:
-        # A crash before this leaves the unflushed ones in "sending": swept to "uncertain", never resent.
-        _record_sent(sent)
-        with contextlib.suppress(Exception):  # closing a dead connection
-            connection.close()
+
+    def _run(self) -> None:
+        connection, refused = None, ""
+        try:
+            while (ready := self.chunks.get()) is not None:
+                if connection is None and not refused:
+                    connection = get_connection(fail_silently=False)
+                    try:
+                        connection.open()
+                    except Exception as exc:  # noqa: BLE001 - nothing was sent: every message may be retried
+                        connection, refused = None, f"cannot connect: {exc}"
+                if refused:
+                    for message, _ in ready:
+                        self.outcomes.put((message, _Outcome.RETRY, refused, False))
+                    continue
+                for message, email in ready:
+                    self.outcomes.put((message, *_send_one(connection, email)))
+        finally:
+            if connection is not None:
+                with contextlib.suppress(Exception):  # closing a dead connection
+                    connection.close()
+
+
+def _send_one(connection, email: EmailMultiAlternatives) -> tuple[str, str, bool]:
+    email.connection = connection
+    try:
+        email.send()
+    except Exception as exc:  # noqa: BLE001 - one message's failure must not stop the batch
+        try:
+            outcome, hard, error = _classify(exc)
+        except Exception:  # noqa: BLE001 - the courier must outlive odd exceptions, or the caller waits
+            outcome, hard, error = _Outcome.UNCERTAIN, False, f"{type(exc).__name__}: {exc}"
+        if outcome == _Outcome.UNCERTAIN:
+            _reconnect(connection)
+        return outcome, error, hard
+    return _Outcome.SENT, "", False
 
 
 def _reconnect(connection) -> None:
