@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -274,7 +275,13 @@ def pipeline_run(*, database_url, email_url, email_backend, batches, workers, pr
         p.start()
     barrier.wait()
     t0 = time.perf_counter()
-    outs = [results.get() for _ in procs]
+    outs = []
+    while len(outs) < len(procs):
+        try:
+            outs.append(results.get(timeout=5))
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                raise SystemExit("a worker process died (its traceback is above)") from None
     seconds = time.perf_counter() - t0
     for p in procs:
         p.join()
