@@ -86,3 +86,32 @@ def test_links_are_rewritten_but_only_absolute_http_links():
     )
     assert seen == ["https://shop.example/a?x=1&y=2"]
     assert 'href="mailto:x@y"' in html and 'href="#top"' in html and 'href="https://t.example/c/1"' in html
+
+
+@pytest.mark.parametrize(
+    "footer",
+    [
+        {},
+        {"unsubscribe_url": "https://shop.example/u?a=1&b=<2>"},
+        {
+            "unsubscribe_url": "https://shop.example/u/\"x'",
+            "preferences_url": "https://shop.example/p?x=&amp;",
+            "pixel_url": "https://shop.example/o.gif",
+            "honeypot_url": "https://shop.example/h",
+        },
+    ],
+)
+def test_layouts_filled_once_per_process_equal_a_full_render(footer):
+    from markupsafe import Markup
+
+    from campaigns.rendering import LAYOUT_ENV, layout_fill
+
+    body = Markup('<p class="offer">Tea &amp; <b>cake</b></p>')
+    html = layout_fill("email/base.html", body=body, subject='A & B <"c">', **footer)
+    assert html == LAYOUT_ENV.get_template("email/base.html").render(
+        body=body, subject='A & B <"c">', **footer
+    )
+    assert "A &amp; B &lt;&#34;c&#34;&gt;" in html and "<b>cake</b>" in html
+    text = layout_fill("email/base.txt", body="Tea & <cake>", **footer)
+    assert text == LAYOUT_ENV.get_template("email/base.txt").render(body="Tea & <cake>", **footer)
+    assert "Tea & <cake>" in text

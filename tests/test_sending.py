@@ -220,3 +220,63 @@ def test_dry_run_sends_nothing(world, smtp, capsys):
     out = capsys.readouterr().out
     assert "audience (segment)" in out and "would be sent: 6" in out
     assert smtp.messages == [] and not Message.objects.exists()
+
+
+def _html(mail) -> str:
+    return (
+        next(p for p in mail.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+    )
+
+
+def test_every_tracked_link_in_a_sent_email_is_stored_for_its_message(world, smtp, monkeypatch, settings):
+    import re
+
+    from campaigns import sending
+    from campaigns.models import TrackedLink
+    from campaigns.tokens import purpose_token_check
+
+    monkeypatch.setattr(sending, "COMPOSE_CHUNK", 4)  # 6 recipients: two chunks, one connection
+    c = campaign(template=world["template"], segment=world["segment"])
+    call_command("run_campaign", c.name, verbosity=0)
+    assert set(smtp.count_by_recipient().values()) == {1} and len(smtp.count_by_recipient()) == 6
+    for m in Message.objects.filter(campaign=c, status="sent").select_related("customer"):
+        html = _html(smtp.to(m.customer.email)[0])
+        clicks = re.findall(r'/t/c/([^"\'<\s]+)', html)
+        tokens = {purpose_token_check(value, "click") for value in clicks}
+        assert None not in tokens
+        stored = set(TrackedLink.objects.filter(message=m).values_list("token", flat=True))
+        assert tokens and tokens <= stored
+        offer_links = TrackedLink.objects.filter(message=m, offer__isnull=False)
+        assert offer_links.count() == Offer.objects.filter(message=m).count()
+        assert TrackedLink.objects.filter(message=m, is_honeypot=True).count() == 1
+        assert TrackedLink.objects.filter(message=m, url="https://shop.example/help").count() == 1
+        assert m.sent_at and m.message_id == f"<{m.token}@{settings.DEFAULT_FROM_EMAIL.rpartition('@')[2]}>"
+
+
+def test_a_refused_connection_leaves_every_message_to_retry(world, smtp, settings):
+    from .smtp import free_port
+
+    settings.EMAIL_PORT = free_port()  # nothing listens there
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    counts = messages_send(message_ids=campaign_batches(campaign=c)[0])
+    assert counts["retry"] == 6 and counts["sent"] == 0
+    statuses = set(
+        Message.objects.filter(campaign=c, customer__in=world["recipients"]).values_list("status", "attempts")
+    )
+    assert statuses == {("planned", 1)}
+    assert smtp.messages == []
+
+
+def test_a_retried_message_keeps_the_offers_of_its_first_attempt(world, smtp):
+    smtp.script["r0@example.com"].append("451 4.3.0 try again later")
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    _send_all(c)
+    m = Message.objects.get(campaign=c, customer__external_id="R0")
+    first = list(Offer.objects.filter(message=m).order_by("rank").values_list("pk", "token"))
+    assert m.status == "planned" and first
+    _send_all(c)
+    assert list(Offer.objects.filter(message=m).order_by("rank").values_list("pk", "token")) == first
+    html = _html(smtp.to("r0@example.com")[0])
+    assert all(token in html for _, token in first)  # the accept links name the stored offers
