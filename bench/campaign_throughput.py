@@ -402,6 +402,9 @@ def main() -> None:
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--skip-postoffice", action="store_true")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="SEND_BATCH_SIZE for planning (default: the setting's)"
+    )
     parser.add_argument("--database", default="xsell_bench_send")
     parser.add_argument("--postoffice-database", default="xsell_bench_postoffice")
     parser.add_argument(
@@ -409,6 +412,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     n = args.recipients
+    if args.batch_size:
+        os.environ["SEND_BATCH_SIZE"] = str(args.batch_size)  # read by settings, here and in the workers
     database_url = f"{SERVER}/{args.database}"
     django_setup(database_url=database_url, email_backend=LOCMEM)
     from django.core.management import call_command
@@ -433,6 +438,9 @@ def main() -> None:
         ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
     ).stdout.strip()
     print(f"code: {head}")
+    from django.conf import settings
+
+    print(f"batches of {settings.SEND_BATCH_SIZE} messages")
     print(f"recipients {n}, workers {args.workers}, sink on 127.0.0.1:{port}, load avg 1/5/15 min: {load()}")
 
     def step(name: str) -> dict:

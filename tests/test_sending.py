@@ -235,7 +235,8 @@ def test_every_tracked_link_in_a_sent_email_is_stored_for_its_message(world, smt
     from campaigns.models import TrackedLink
     from campaigns.tokens import purpose_token_check
 
-    monkeypatch.setattr(sending, "COMPOSE_CHUNK", 4)  # 6 recipients: two chunks, one connection
+    monkeypatch.setattr(sending, "FIRST_CHUNK", 2)
+    monkeypatch.setattr(sending, "COMPOSE_CHUNK", 3)  # 6 recipients: three chunks, one connection
     c = campaign(template=world["template"], segment=world["segment"])
     call_command("run_campaign", c.name, verbosity=0)
     assert set(smtp.count_by_recipient().values()) == {1} and len(smtp.count_by_recipient()) == 6

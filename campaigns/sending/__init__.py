@@ -32,8 +32,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Messages rendered (and their links stored) before their emails are handed to the courier.
-COMPOSE_CHUNK = 100
+# Messages composed (offers, render, links stored) before their emails are handed to the courier.
+FIRST_CHUNK = 100
+COMPOSE_CHUNK = 250
 
 
 def _skip(messages: list[Message], reason: str, error: str = "") -> None:
@@ -43,8 +44,8 @@ def _skip(messages: list[Message], reason: str, error: str = "") -> None:
 
 
 def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> dict[str, int]:
-    """Send one batch: claim, offers, then per chunk render, store links and hand the chunk to the
-    courier, which delivers it over the batch's one connection while the next chunk is rendered.
+    """Send one batch: claim, then per chunk offers, render, store links and hand the chunk to the
+    courier, which delivers it over the batch's one connection while the next chunk is composed.
     Returns counts by outcome."""
     counts = {"claimed": 0, "sent": 0, "retry": 0, "failed": 0, "uncertain": 0, "skipped": 0}
     claimed = messages_claim(message_ids=message_ids, now=now)
@@ -52,18 +53,20 @@ def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> 
         return counts
     counts["claimed"] = len(claimed)
     _orders_attach(claimed)
-    # One recommender call per batch (its cost is mostly per call); rendering, links and delivery go by
-    # chunks so the courier starts early and sends one chunk while the next is rendered.
-    offers, offer_links = offers_create(messages=claimed)
     with Courier(counts) as courier:
-        for start in range(0, len(claimed), COMPOSE_CHUNK):
-            chunk = claimed[start : start + COMPOSE_CHUNK]
-            ready, links = _compose(chunk, offers, counts)
-            chunk_ids = {m.pk for m in chunk}
-            links += [row for row in offer_links if row[0] in chunk_ids]
+        for chunk in _chunks(claimed):
+            ready, links = _compose(chunk, counts)
             links_store(links)  # stored before any email with them goes out
             courier.send(ready)
     return counts
+
+
+def _chunks(messages: list[Message]) -> list[list[Message]]:
+    """A small first chunk so the courier starts early; then chunks large enough that the recommender's
+    cost per call (about half of it is fixed) is spread over many messages."""
+    first = messages[:FIRST_CHUNK]
+    rest = messages[FIRST_CHUNK:]
+    return [first] + [rest[i : i + COMPOSE_CHUNK] for i in range(0, len(rest), COMPOSE_CHUNK)]
 
 
 def _orders_attach(messages: list[Message]) -> None:
@@ -81,9 +84,10 @@ def _orders_attach(messages: list[Message]) -> None:
 
 
 def _compose(
-    messages: list[Message], offers: dict[int, list], counts: dict[str, int]
+    messages: list[Message], counts: dict[str, int]
 ) -> tuple[list[tuple[Message, EmailMultiAlternatives]], list[tuple]]:
-    links: list[tuple] = []
+    """Offers, rendered emails and the rows of all their links for a chunk of claimed messages."""
+    offers, links = offers_create(messages=messages)
     no_offer = [m for m in messages if not offers.get(m.pk)]
     _skip(no_offer, Message.SkipReason.NO_OFFER)
     counts["skipped"] += len(no_offer)
