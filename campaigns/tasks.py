@@ -98,9 +98,11 @@ def refresh_reports() -> int:
 @shared_task(name="campaigns.tracking_flush", queue="default", autoretry_for=TRANSIENT, retry_backoff=True)
 def tracking_flush() -> int:
     """Periodic (beat, every 10 s): write the opens and clicks queued in Redis (TRACKING_BUFFER)."""
-    from .tracking_buffer import buffer_enabled, tracking_buffer_flush
+    from .tracking_buffer import tracking_buffer_flush
 
-    return tracking_buffer_flush() if buffer_enabled() else 0
+    # Whenever Redis is configured, not only while the buffer is on: turning TRACKING_BUFFER off must
+    # not strand what was queued before.
+    return tracking_buffer_flush() if settings.REDIS_URL else 0
 
 
 # Celery autodiscovers campaigns.tasks only: importing registers the nightly training task too.

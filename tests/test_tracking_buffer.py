@@ -185,6 +185,18 @@ def test_flush_drains_in_chunks(client, buffered):
     assert Event.objects.filter(kind="click", offer=offers[1]).count() == 5
 
 
+@needs_redis
+@pytest.mark.django_db
+def test_turning_the_buffer_off_does_not_strand_queued_events(client, buffered, settings):
+    message, _ = sent_message()
+    client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
+    settings.TRACKING_BUFFER = False
+    client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA)  # recorded directly
+    assert Event.objects.count() == 1 and _queued(buffered) == 1
+    assert tracking_flush.delay().get() == 1
+    assert Event.objects.count() == 2
+
+
 @pytest.mark.django_db
 def test_unreachable_or_unset_redis_records_directly(client, settings):
     message, offers = sent_message()
