@@ -40,7 +40,15 @@ UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chr
 LUA = """
 local paths = {}
 for line in io.lines("%s") do paths[#paths + 1] = line end
-math.randomseed(os.time())
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
+function init(args)
+  -- Each thread its own sequence: seeded with the clock alone, both threads pick the same paths.
+  math.randomseed(os.time() * 100 + thread_number)
+end
 request = function()
   return wrk.format("GET", paths[math.random(#paths)])
 end
