@@ -8,3 +8,10 @@ request = function()
   local id = ids[math.random(#ids)]
   return wrk.format("GET", "/api/v1/customers/" .. id .. "/recommendations?k=3", {["Authorization"] = auth})
 end
+
+done = function(summary, latency, requests)
+  io.write(string.format("p95 %.1f ms, p99 %.1f ms, %d requests, %d errors (status >= 400: %d)\n",
+    latency:percentile(95) / 1000, latency:percentile(99) / 1000, summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status))
+end
