@@ -203,7 +203,7 @@ API_TOKENS = env_list("API_TOKENS")
 
 # Sending: transient SMTP failures (4xx) are retried with exponential backoff and jitter, a bounded
 # number of times; a message left in "sending" longer than SEND_STUCK_MINUTES becomes "uncertain".
-SEND_BATCH_SIZE = env_int("SEND_BATCH_SIZE", 200)
+SEND_BATCH_SIZE = env_int("SEND_BATCH_SIZE", 1000)  # bench: 1,000 beat 200 (fewer recommender calls)
 SEND_MAX_ATTEMPTS = env_int("SEND_MAX_ATTEMPTS", 5)
 SEND_RETRY_BASE_SECONDS = env_int("SEND_RETRY_BASE_SECONDS", 60)
 SEND_STUCK_MINUTES = env_int("SEND_STUCK_MINUTES", 15)
