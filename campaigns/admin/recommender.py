@@ -18,16 +18,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "is_active",
     ]
     list_filter = ["is_active", "algorithm"]
-    readonly_fields = [
-        "trained_at",
-        "data_start",
-        "data_end",
-        "algorithm",
-        "params",
-        "metrics",
-        "artefact",
-        "is_active",
-    ]
     fields = [
         "trained_at",
         "data_start",
@@ -39,6 +29,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "is_active",
         "notes",
     ]
+    # Everything but the notes is what training produced; activation is the admin action's job.
+    readonly_fields = [f for f in fields if f != "notes"]
     actions = ["activate"]
 
     def has_add_permission(self, request):
