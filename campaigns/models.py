@@ -38,6 +38,25 @@ class ModelVersion(models.Model):
         return f"model v{self.pk} ({self.algorithm}, {self.trained_at:%Y-%m-%d %H:%M})"
 
 
+class StoredOffers(models.Model):
+    """A customer's next-best offers computed ahead by the active model (campaigns.recommender.stored).
+
+    The API answers from this row while it is still right: same model version, computed after the
+    customer's last order, recent enough; otherwise it scores live and replaces the row.
+    """
+
+    customer = models.OneToOneField(Customer, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    computed_at = models.DateTimeField()
+    offers = models.JSONField(default=list, help_text="[[product id, score, reason], …], best first")
+
+    class Meta:
+        verbose_name_plural = "stored offers"
+
+    def __str__(self) -> str:
+        return f"offers for customer {self.customer_id} (model v{self.model_version_id})"
+
+
 class FrequencyPolicy(models.Model):
     """How often one customer may be emailed. The default policy applies unless a campaign names another."""
 

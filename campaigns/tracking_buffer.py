@@ -1,9 +1,9 @@
 """Write-behind buffer for opens and clicks (TRACKING_BUFFER, needs REDIS_URL).
 
 With the buffer on, the pixel checks its token's HMAC (a valid MAC means we issued the token) and
-appends one compact record to a Redis list: one round trip, no database. The click also needs the
-link's stored URL: one indexed SELECT the first time, then from a Redis cache for an hour (fetched in
-the same round trip that queues the record).
+appends one compact record to a Redis list, without waiting for Redis's answer (_Pusher) and without
+the database. The click also needs the link's stored URL: one indexed SELECT the first time, then from
+Redis (kept an hour) or, for a link this process has seen, from memory.
 
 The Celery task campaigns.tracking_flush (beat, every 10 s) drains the list in chunks: it looks the
 tokens up, drops unknown and expired ones (so only known rows are ever recorded), applies the
@@ -22,6 +22,7 @@ import datetime as dt
 import functools
 import json
 import os
+import threading
 
 import numpy as np
 import pandas as pd
@@ -75,6 +76,63 @@ def buffer_client() -> redis.Redis:
     return _client(settings.REDIS_URL)
 
 
+class _Pusher:
+    """RPUSH on a connection in CLIENT REPLY OFF mode: the request never waits for Redis's answer.
+
+    A round trip is most of a queued open's cost (about 120 µs against 13 µs to hand the command to the
+    socket, bench/README.md, Tracking). What it gives up: a record written into a socket whose Redis
+    just went away is lost instead of recorded directly, at most the one in flight when the connection
+    broke, since the next write fails and falls back. Redis keeps this queue in memory only anyway.
+    """
+
+    def __init__(self, url: str):
+        self._pool = redis.ConnectionPool.from_url(url)  # only to build connections of the URL's kind
+        self._connection = None
+        self._lock = threading.Lock()  # one command at a time on the socket, whatever the threads
+
+    def push(self, key: str, value: str) -> None:
+        with self._lock:
+            try:
+                if self._connection is None:
+                    connection = self._pool.make_connection()
+                    connection.connect()
+                    connection.send_command("CLIENT", "REPLY", "OFF")
+                    self._connection = connection
+                self._connection.send_command("RPUSH", key, value)
+            except redis.RedisError:
+                if self._connection is not None:
+                    self._connection.disconnect()
+                self._connection = None
+                raise
+
+    def confirm(self) -> None:
+        """Wait until Redis has taken every record pushed so far (it answers commands in order)."""
+        with self._lock:
+            if self._connection is None:
+                return
+            try:
+                self._connection.send_command("CLIENT", "REPLY", "ON")
+                self._connection.read_response()
+                self._connection.send_command("CLIENT", "REPLY", "OFF")
+            except redis.RedisError:  # what it held is lost with it; the next push reconnects
+                self._connection.disconnect()
+                self._connection = None
+
+
+_pushers: dict[tuple[str, int], _Pusher] = {}
+
+
+def _pusher(url: str) -> _Pusher:
+    key = (url, os.getpid())  # per process: a socket must not be shared across a fork
+    if key not in _pushers:
+        _pushers[key] = _Pusher(url)
+    return _pushers[key]
+
+
+def _push(record: str) -> None:
+    _pusher(settings.REDIS_URL).push(QUEUE, record)
+
+
 def _micros(moment: dt.datetime) -> int:
     return (moment - _EPOCH) // dt.timedelta(microseconds=1)  # exact, unlike a float timestamp
 
@@ -97,8 +155,7 @@ def _record(*, kind: str, token: str, request, reason: str, now: dt.datetime) ->
 
 def open_buffer(*, token: str, request, reason: str, now: dt.datetime) -> None:
     """Queue an open of a well-signed token (unknown or expired rows are dropped by the flush)."""
-    record = _record(kind=Event.Kind.OPEN, token=token, request=request, reason=reason, now=now)
-    buffer_client().rpush(QUEUE, record)
+    _push(_record(kind=Event.Kind.OPEN, token=token, request=request, reason=reason, now=now))
 
 
 _LINK = """
@@ -107,31 +164,53 @@ JOIN campaigns_message m ON m.id = l.message_id WHERE l.token = %s
 """
 
 
+# Links are written once when their message is composed and never edited, so a process may keep them.
+_links: dict[str, tuple[int, str]] = {}
+LINKS_KEPT = 100_000  # per process; the dict is emptied when full (a miss costs one Redis round trip)
+
+
+def _link(token: str) -> tuple[int, str] | None:
+    """(message's sending time in µs, URL) of a link: this process's copy, else Redis's, else the database.
+
+    Redis keeps a looked-up link for LINK_SECONDS, so other processes find it there."""
+    cached = _links.get(token)
+    if cached is not None:
+        return cached
+    client = buffer_client()
+    value = client.get(LINK_PREFIX + token)
+    if value is not None:
+        start, _, url = value.decode().partition("|")
+        found = (int(start), url)
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(_LINK, [token])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        url, start = row
+        if isinstance(start, str):  # SQLite returns an expression's datetime as its stored UTC text
+            start = dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC)
+        found = (_micros(start), url)
+        client.set(LINK_PREFIX + token, f"{found[0]}|{url}", ex=LINK_SECONDS)
+    if len(_links) >= LINKS_KEPT:
+        _links.clear()
+    _links[token] = found
+    return found
+
+
 def click_buffer(*, token: str, request, now: dt.datetime, oldest: dt.datetime) -> str | None:
     """The link's stored URL (None if unknown or expired), the click queued.
 
-    The URL and the message's sending time are cached in Redis for LINK_SECONDS after a first lookup,
-    so a later click on the same link is one round trip to Redis (cached value and queued record
-    together). Links are written once when their message is composed and never edited.
+    A link clicked before in this process costs no round trip at all; see _link for the others.
     """
     reason = click_request_reason(method=request.method, user_agent=request.META.get("HTTP_USER_AGENT", ""))
-    record = _record(kind=Event.Kind.CLICK, token=token, request=request, reason=reason, now=now)
-    client = buffer_client()
     # Queued before the link is known: the flush drops unknown and expired links anyway.
-    cached, _ = client.pipeline(transaction=False).get(LINK_PREFIX + token).rpush(QUEUE, record).execute()
-    if cached is not None:
-        start, _, url = cached.decode().partition("|")
-        return url if int(start) >= _micros(oldest) else None
-    with connection.cursor() as cursor:
-        cursor.execute(_LINK, [token])
-        row = cursor.fetchone()
-    if row is None:
+    _push(_record(kind=Event.Kind.CLICK, token=token, request=request, reason=reason, now=now))
+    link = _link(token)
+    if link is None:
         return None
-    url, start = row
-    if isinstance(start, str):  # SQLite returns an expression's datetime as its stored UTC text
-        start = dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC)
-    client.set(LINK_PREFIX + token, f"{_micros(start)}|{url}", ex=LINK_SECONDS)
-    return url if start >= oldest else None
+    start, url = link
+    return url if start >= _micros(oldest) else None
 
 
 # ---------------------------------------------------------------------------------------------- flush
@@ -253,6 +332,8 @@ def _chunk_write(raw: list[bytes]) -> int:
 
 def tracking_buffer_flush(*, chunk: int = CHUNK, max_chunks: int | None = None) -> int:
     """Write buffered opens and clicks to the database; returns the number of events recorded."""
+    # A flush in the process that recorded (tests, eager tasks) must see its own records.
+    _pusher(settings.REDIS_URL).confirm()
     client = buffer_client()
     take, done = client.register_script(_TAKE), client.register_script(_DONE)
     recorded = chunks = 0

@@ -118,7 +118,7 @@ def customer_export(*, customer: Customer) -> dict:
 
 def customer_erase(*, customer: Customer, now: dt.datetime | None = None) -> None:
     """Remove the customer's personal data; keep only the hashed address, suppressed as "erased"."""
-    from campaigns.models import Event, Message
+    from campaigns.models import Event, Message, StoredOffers
 
     now = now or timezone.now()
     with transaction.atomic():
@@ -140,6 +140,7 @@ def customer_erase(*, customer: Customer, now: dt.datetime | None = None) -> Non
             updated_at=now,
         )
         Event.objects.filter(customer=customer).update(user_agent="", ip_hash="", meta={})
+        StoredOffers.objects.filter(customer=customer).delete()  # derived from the purchase history
         Message.objects.filter(customer=customer).exclude(error="").update(error="")
     customer.refresh_from_db()
 

@@ -16,4 +16,6 @@ app.conf.beat_schedule = {
     "tracking-flush": {"task": "campaigns.tracking_flush", "schedule": 10.0},
     "reports-refresh": {"task": "campaigns.refresh_reports", "schedule": 5 * 60.0},
     "recommender-nightly": {"task": "campaigns.train_recommender", "schedule": crontab(minute=30, hour=2)},
+    # After the training slot: a newly trained version waits for activation, so this uses the active one.
+    "offers-nightly": {"task": "campaigns.refresh_offers", "schedule": crontab(minute=30, hour=4)},
 }

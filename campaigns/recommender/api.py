@@ -1,6 +1,7 @@
 """GET /api/v1/customers/<external_id>/recommendations: the next best offers, as JSON.
 
-Bearer-token authentication against settings.API_TOKENS, compared in constant time.
+Bearer-token authentication against settings.API_TOKENS, compared in constant time. Without an anchor
+the offers usually come stored (campaigns.recommender.stored); with one they are scored live.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from django.views.decorators.http import require_GET
 from customers.models import Customer, Order, Product
 
 from .service import recommend_for_customers
+from .stored import offers_for
 
 MAX_K = 20
 
@@ -48,9 +50,10 @@ def customer_recommendations(request, external_id: str):
         return _error(400, f"k must be an integer between 1 and {MAX_K}, got {raw_k!r}")
     if not 1 <= k <= MAX_K:
         return _error(400, f"k must be between 1 and {MAX_K}, got {k}")
-    customer = Customer.objects.filter(external_id=external_id).values_list("pk", flat=True).first()
-    if customer is None:
+    row = Customer.objects.filter(external_id=external_id).values_list("pk", "last_order_at").first()
+    if row is None:
         return _error(404, f"unknown customer {external_id!r}")
+    customer, last_order_at = row
     anchors = None
     anchor_ext = request.GET.get("anchor_order")
     if anchor_ext:
@@ -62,7 +65,10 @@ def customer_recommendations(request, external_id: str):
         if order is None:
             return _error(404, f"customer {external_id!r} has no order {anchor_ext!r}")
         anchors = {customer: order}
-    recs = recommend_for_customers(customer_ids=[customer], k=k, anchors=anchors)[customer]
+    if anchors:
+        recs = recommend_for_customers(customer_ids=[customer], k=k, anchors=anchors)[customer]
+    else:
+        recs = offers_for(customer_id=customer, last_order_at=last_order_at, k=k)
     products = Product.objects.in_bulk([r.product_id for r in recs])
     return JsonResponse(
         {

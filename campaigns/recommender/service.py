@@ -66,6 +66,12 @@ def _active_row() -> tuple[int, str] | None:
     return row
 
 
+def active_version_id() -> int | None:
+    """The active ModelVersion's id (None: no model yet), as cheaply as _active_row()."""
+    row = _active_row()
+    return row[0] if row is not None else None
+
+
 def _active() -> tuple[int | None, Recommender]:
     row = _active_row()
     with _lock:
@@ -325,6 +331,10 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
         ModelVersion.objects.filter(pk=version.pk).update(is_active=True)
     with _lock:
         _cache.pop("active", None)
+    from .tasks import refresh_offers
+
+    # The stored next-best offers were the old version's: recompute them all once this commits.
+    transaction.on_commit(refresh_offers.delay)
     version.is_active = True
     return version
 

@@ -1,4 +1,4 @@
-"""Celery task: retrain the recommender (scheduled nightly by beat)."""
+"""Celery tasks: retrain the recommender (nightly) and keep every customer's next-best offers stored."""
 
 from celery import shared_task
 
@@ -15,3 +15,11 @@ def train_recommender(horizon_days: int = 30, activate: bool | None = None) -> i
     from .service import model_version_train
 
     return model_version_train(horizon_days=horizon_days, activate=activate).pk
+
+
+@shared_task(name="campaigns.refresh_offers", queue="default", acks_late=True)
+def refresh_offers() -> int:
+    """Score every customer with the active model and store their offers; returns rows stored."""
+    from .stored import offers_refresh
+
+    return offers_refresh()

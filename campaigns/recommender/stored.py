@@ -1,0 +1,108 @@
+"""Next-best offers computed ahead, so the API answers a customer from one indexed read.
+
+Scoring one customer live costs tens of milliseconds (the history query, candidates, the boosted trees),
+scoring customers in bulk about half a millisecond each (bench/README.md, Recommender). So each
+customer's best STORED_K offers are kept per active model: for everyone nightly (beat) and when a
+version is activated, and for one customer whenever the API found their row missing or stale. A row is
+served while it is right: computed by the active version, after the customer's last order (an order
+import also drops its customers' rows), less than MAX_AGE ago, and only for products still active. An
+anchor order, or more than STORED_K offers, is always scored live.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+
+from django.utils import timezone
+
+from campaigns.models import StoredOffers
+from customers.models import Customer, Product
+
+from .service import CHUNK, Recommendation, active_version_id, recommend_for_customers
+
+STORED_K = 10
+MAX_AGE = dt.timedelta(days=2)  # nightly refresh, with a day's slack for a late or failed run
+
+
+def offers_store(
+    *, customer_ids: Iterable[int], now: dt.datetime | None = None
+) -> dict[int, list[Recommendation]]:
+    """Score these customers (best STORED_K) and store their offers; returns what was scored."""
+    now = now or timezone.now()
+    scored = recommend_for_customers(customer_ids=list(customer_ids), k=STORED_K, as_of=now)
+    rows = [
+        StoredOffers(
+            customer_id=customer,
+            model_version_id=recs[0].model_version_id,
+            computed_at=now,
+            offers=[[r.product_id, r.score, r.reason] for r in recs],
+        )
+        for customer, recs in scored.items()
+        if recs and recs[0].model_version_id is not None  # the no-model fallback is not worth keeping
+    ]
+    StoredOffers.objects.bulk_create(
+        rows,
+        batch_size=1000,
+        update_conflicts=True,
+        unique_fields=["customer"],
+        update_fields=["model_version", "computed_at", "offers"],
+    )
+    return scored
+
+
+def offers_refresh(*, on_progress: Callable[[int, int], None] | None = None) -> int:
+    """Store every customer's offers with the active model, CHUNK customers at a time; returns rows kept."""
+    version = active_version_id()
+    if version is None:
+        return 0
+    customers = Customer.objects.exclude(suppressed_reason=Customer.Suppression.ERASED)
+    total, done, last = customers.count(), 0, 0
+    while True:
+        ids = list(customers.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:CHUNK])
+        if not ids:
+            break
+        offers_store(customer_ids=ids)
+        done, last = done + len(ids), ids[-1]
+        if on_progress:
+            on_progress(done, total)
+    # Rows of an older version would never be served again.
+    StoredOffers.objects.exclude(model_version_id=version).delete()
+    return StoredOffers.objects.count()
+
+
+def offers_forget(*, customer_ids: Iterable[int]) -> None:
+    """Drop stored offers of customers whose history changed (they are scored again when asked)."""
+    StoredOffers.objects.filter(customer_id__in=list(customer_ids)).delete()
+
+
+def offers_for(
+    *, customer_id: int, last_order_at: dt.datetime | None, k: int, now: dt.datetime | None = None
+) -> list[Recommendation]:
+    """The customer's best k offers: stored ones when still right, else scored live (and stored)."""
+    now = now or timezone.now()
+    if k <= STORED_K:
+        row = (
+            StoredOffers.objects.filter(customer_id=customer_id)
+            .values_list("model_version_id", "computed_at", "offers")
+            .first()
+        )
+        if row is not None:
+            version, computed_at, offers = row
+            fresh = now - computed_at < MAX_AGE and (last_order_at is None or computed_at >= last_order_at)
+            if fresh and version == active_version_id():
+                active = set(
+                    Product.objects.filter(pk__in=[o[0] for o in offers], active=True).values_list(
+                        "pk", flat=True
+                    )
+                )
+                kept = [
+                    Recommendation(pid, score, reason, version)
+                    for pid, score, reason in offers
+                    if pid in active
+                ]
+                # A short list is complete (there were no more candidates) unless deactivations shortened it.
+                if len(kept) >= k or len(offers) < STORED_K and len(kept) == len(offers):
+                    return kept[:k]
+        return offers_store(customer_ids=[customer_id], now=now)[customer_id][:k]
+    return recommend_for_customers(customer_ids=[customer_id], k=k, as_of=now)[customer_id]

@@ -1,0 +1,116 @@
+"""Stored next-best offers: what the API serves without an anchor, and when it must score live instead."""
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from campaigns.models import StoredOffers
+from campaigns.recommender import recommend_for_customers
+from campaigns.recommender.service import cache_clear, model_version_activate, model_version_train
+from campaigns.recommender.stored import STORED_K, offers_for, offers_refresh
+from customers.models import Customer, Order, Product
+from customers.privacy import customer_erase
+from customers.signals import orders_imported
+from tests.test_recommender import shop_create
+
+URL = "/api/v1/customers/{}/recommendations"
+TOKEN = "stored-token"
+
+
+@pytest.fixture
+def trained(db, settings):
+    settings.API_TOKENS = [TOKEN]
+    cache_clear()
+    shop_create(customers=60)
+    version = model_version_train(horizon_days=30)
+    assert version.is_active
+    yield version
+    cache_clear()
+
+
+def _api(client, external_id: str, k: int = 3) -> dict:
+    response = client.get(URL.format(external_id), {"k": k}, HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_refresh_stores_what_live_scoring_returns(trained):
+    now = timezone.now()
+    stored = offers_refresh()
+    customers = list(Customer.objects.order_by("pk").values_list("pk", flat=True))
+    assert stored == len(customers) == StoredOffers.objects.count()
+    live = recommend_for_customers(customer_ids=customers, k=STORED_K, as_of=now)
+    for row in StoredOffers.objects.all():
+        assert row.model_version_id == trained.pk
+        assert [o[0] for o in row.offers] == [r.product_id for r in live[row.customer_id]]
+
+
+def test_api_serves_the_stored_row_while_it_is_right(client, trained):
+    offers_refresh()
+    customer = Customer.objects.order_by("pk").first()
+    row = StoredOffers.objects.get(customer=customer)
+    # Mark the row so an answer from it can be told from a live one.
+    row.offers = [[pid, 0.5, "stored reason"] for pid, _, _ in row.offers]
+    row.save()
+    body = _api(client, customer.external_id)
+    assert [r["reason"] for r in body["recommendations"]] == ["stored reason"] * 3
+    assert [r["product_id"] for r in body["recommendations"]] == [o[0] for o in row.offers[:3]]
+    assert body["model_version"] == trained.pk
+
+
+def test_a_deactivated_product_is_never_served_from_the_store(client, trained):
+    offers_refresh()
+    customer = Customer.objects.order_by("pk").first()
+    first = StoredOffers.objects.get(customer=customer).offers[0][0]
+    Product.objects.filter(pk=first).update(active=False)
+    body = _api(client, customer.external_id)
+    assert first not in [r["product_id"] for r in body["recommendations"]]
+    assert len(body["recommendations"]) == 3
+
+
+def test_a_newer_order_or_another_version_makes_the_api_score_live_and_store_again(client, trained):
+    offers_refresh()
+    customer = Customer.objects.order_by("pk").first()
+    StoredOffers.objects.filter(customer=customer).update(offers=[[1, 0.5, "stale"]])
+    # An order after the row was computed: the row is stale.
+    Customer.objects.filter(pk=customer.pk).update(last_order_at=timezone.now() + timedelta(seconds=5))
+    body = _api(client, customer.external_id)
+    assert "stale" not in [r["reason"] for r in body["recommendations"]]
+    assert StoredOffers.objects.get(customer=customer).offers[0][2] != "stale"  # replaced
+
+    second = model_version_train(horizon_days=30)
+    model_version_activate(version=second)
+    other = Customer.objects.order_by("pk")[1]
+    body = _api(client, other.external_id)
+    assert body["model_version"] == second.pk
+    assert StoredOffers.objects.get(customer=other).model_version_id == second.pk
+
+
+def test_an_old_row_is_not_served(trained):
+    offers_refresh()
+    customer = Customer.objects.order_by("pk").first()
+    StoredOffers.objects.filter(customer=customer).update(
+        offers=[[1, 0.5, "old"]], computed_at=timezone.now() - timedelta(days=3)
+    )
+    recs = offers_for(customer_id=customer.pk, last_order_at=None, k=3)
+    assert recs and "old" not in [r.reason for r in recs]
+
+
+def test_imported_orders_and_erasure_drop_the_customers_rows(trained):
+    offers_refresh()
+    first, second = Customer.objects.order_by("pk")[:2]
+    order = Order.objects.filter(customer=first).first()
+    orders_imported.send(sender=Order, order_ids=[order.pk])
+    assert not StoredOffers.objects.filter(customer=first).exists()
+    assert StoredOffers.objects.filter(customer=second).exists()
+    customer_erase(customer=second)
+    assert not StoredOffers.objects.filter(customer=second).exists()
+
+
+def test_command_refreshes_and_refuses_without_a_model(trained):
+    out = StringIO()
+    call_command("refresh_offers", verbosity=0, stdout=out)
+    assert f"stored offers for {Customer.objects.count()} customers" in out.getvalue()
