@@ -48,6 +48,10 @@ def _fresh_cache():
 
 @pytest.fixture
 def shop(db):
+    return _shop_build()
+
+
+def _shop_build():
     """18 planned messages: 10 sent, 4 holdout, 2 suppressed, 1 capped, 1 failed."""
     campaign = Campaign.objects.create(name="Autumn", template=_template())
     p1, p2, p3 = (Product.objects.create(sku=f"P{i}", name=f"Product {i}") for i in (1, 2, 3))
@@ -352,3 +356,25 @@ def test_reports_refresh_recomputes_cached_figures(shop):
     assert campaign_report(campaign=campaign, cached=True)["counts"]["complained"] == 1
     assert reports_refresh(days=30) == 1
     assert campaign_report(campaign=campaign, cached=True)["counts"]["complained"] == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_report_on_two_connections_equals_the_one_connection_report(monkeypatch):
+    """Outside a transaction, CLV and top products run on a second connection (same snapshot)."""
+    from django.db import connection, transaction
+
+    from campaigns.reports import queries
+
+    snapshots = []
+    on_snapshot = queries._on_snapshot
+    monkeypatch.setattr(queries, "_on_snapshot", lambda s, fn: snapshots.append(s) or on_snapshot(s, fn))
+    campaign = _shop_build()["campaign"]
+    beside = campaign_report(campaign=campaign)  # the outermost transaction: two connections
+    assert len(snapshots) == (connection.vendor == "postgresql")
+    with transaction.atomic():
+        inline = campaign_report(campaign=campaign)  # inside a caller's transaction: one
+    assert len(snapshots) == (connection.vendor == "postgresql")
+    for report in (beside, inline):
+        report.pop("computed_at")
+    assert beside == inline
+    assert beside["clv"]["customers"] > 0 and beside["top_products"]

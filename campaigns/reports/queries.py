@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pandas as pd
 from django.conf import settings
@@ -47,6 +48,9 @@ def _ratio(num, den) -> float | None:
     return float(num) / float(den) if den else None
 
 
+_SESSION = ("SET LOCAL work_mem = '256MB'", "SET LOCAL jit = off", "SET LOCAL random_page_cost = 1.1")
+
+
 @contextlib.contextmanager
 def _report_session():
     """One transaction for the report's queries; on PostgreSQL with room to hash in memory and no JIT.
@@ -55,14 +59,48 @@ def _report_session():
     default 4 MB work_mem they spill to disk, and JIT compilation costs more than it saves here. With the
     default random_page_cost (4, for disks) the planner scans a whole campaign's messages to join a few
     thousand conversions or orders to them; the tables are in memory, so index probes are cheap.
+
+    Yields beside(fn): a future of fn() run on a second connection while this one goes on, both in
+    REPEATABLE READ on one exported snapshot, so the report still reads one consistent state. That
+    needs PostgreSQL and this transaction to be the outermost (another connection cannot see a caller's
+    uncommitted rows); otherwise fn runs at once, here.
     """
+    parallel = connection.vendor == "postgresql" and not connection.in_atomic_block
     with transaction.atomic():
+        snapshot = None
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL work_mem = '256MB'")
-                cursor.execute("SET LOCAL jit = off")
-                cursor.execute("SET LOCAL random_page_cost = 1.1")
-        yield
+                if parallel:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                for statement in _SESSION:
+                    cursor.execute(statement)
+                if parallel:
+                    cursor.execute("SELECT pg_export_snapshot()")
+                    snapshot = cursor.fetchone()[0]
+        if snapshot is None:
+            yield _inline
+        else:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                yield lambda fn: pool.submit(_on_snapshot, snapshot, fn)
+
+
+def _inline(fn) -> Future:
+    future = Future()
+    future.set_result(fn())
+    return future
+
+
+def _on_snapshot(snapshot: str, fn):
+    # A thread gets its own connection from Django; close it here, the thread is not reused for requests.
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor.execute("SET TRANSACTION SNAPSHOT %s", [snapshot])
+            for statement in _SESSION:
+                cursor.execute(statement)
+            return fn()
+    finally:
+        connection.close()
 
 
 def _day(value) -> str | None:
@@ -226,25 +264,27 @@ def window_purchases(*, scope: dict, status: str) -> dict:
     members = (
         Message.objects.filter(_scoped(scope), status=status).values("id", "customer_id", start).order_by()
     )
-    bounds = members.aggregate(lo=Min(start), hi=Max(start))
+    bounds = members.aggregate(lo=Min(start), hi=Max(start), n=Count("id"))
     window = attribution_window()
     members_sql, members_params = members.query.sql_with_params()
     lo, hi = bounds["lo"], bounds["hi"]
     lo, hi = (lo, hi + window) if lo is not None else (timezone.now(), timezone.now())
     orders = connection.ops.quote_name(Order._meta.db_table)
     # A join, not a subquery per member: the constant range on placed_at keeps the orders to the
-    # campaign's weeks, which PostgreSQL hashes once (a million index probes took seconds).
+    # campaign's weeks, which PostgreSQL hashes once (a million index probes took seconds). An inner
+    # join groups only the buyers; members who bought nothing add 0 to every sum.
     sql = (
-        f"SELECT COUNT(*), SUM(CASE WHEN r > 0 THEN 1 ELSE 0 END), SUM(r), SUM(r * r) FROM ("
-        f" SELECT m.id, COALESCE(SUM(o.total), 0) AS r FROM ({members_sql}) m"
-        f" LEFT JOIN {orders} o ON o.customer_id = m.customer_id AND o.status = %s"
+        f"SELECT SUM(CASE WHEN r > 0 THEN 1 ELSE 0 END), SUM(r), SUM(r * r) FROM ("
+        f" SELECT m.id, SUM(o.total) AS r FROM ({members_sql}) m"
+        f" JOIN {orders} o ON o.customer_id = m.customer_id AND o.status = %s"
         f" AND o.placed_at >= %s AND o.placed_at < %s"
         f" AND o.placed_at >= m.{start} AND o.placed_at < {_plus_days(f'm.{start}', window.days)}"
         f" GROUP BY m.id) t"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, (*members_params, Order.Status.PLACED, lo, hi))
-        n, buyers, revenue, revenue_sq = cursor.fetchone()
+        buyers, revenue, revenue_sq = cursor.fetchone()
+    n = bounds["n"]
     return {
         "members": int(n or 0),
         "buyers": int(buyers or 0),
