@@ -10,7 +10,7 @@ from django.utils import timezone
 from campaigns.models import StoredOffers
 from campaigns.recommender import recommend_for_customers
 from campaigns.recommender.service import cache_clear, model_version_activate, model_version_train
-from campaigns.recommender.stored import STORED_K, offers_for, offers_refresh
+from campaigns.recommender.stored import STORED_K, offers_for, offers_for_customers, offers_refresh
 from customers.models import Customer, Order, Product
 from customers.privacy import customer_erase
 from customers.signals import orders_imported
@@ -114,3 +114,41 @@ def test_command_refreshes_and_refuses_without_a_model(trained):
     out = StringIO()
     call_command("refresh_offers", verbosity=0, stdout=out)
     assert f"stored offers for {Customer.objects.count()} customers" in out.getvalue()
+
+
+def _mark_stored(customer) -> list:
+    row = StoredOffers.objects.get(customer=customer)
+    row.offers = [[pid, score, "stored reason"] for pid, score, _ in row.offers]
+    row.save()
+    return row.offers
+
+
+def test_campaign_batches_take_stored_offers_and_score_the_rest_live(trained):
+    offers_refresh()
+    first, second, third = Customer.objects.order_by("pk")[:3]
+    for customer in (first, second, third):
+        _mark_stored(customer)
+    StoredOffers.objects.filter(customer=third).update(computed_at=timezone.now() - timedelta(days=3))
+    anchor = Order.objects.filter(customer=second).latest("placed_at")
+    got = offers_for_customers(
+        customer_ids=[first.pk, second.pk, third.pk], k=3, anchors={second.pk: anchor.pk}
+    )
+    assert [r.reason for r in got[first.pk]] == ["stored reason"] * 3
+    assert got[second.pk] and "stored reason" not in {r.reason for r in got[second.pk]}  # anchored: live
+    assert got[third.pk] and "stored reason" not in {r.reason for r in got[third.pk]}  # too old: live
+
+
+def test_stored_offers_honour_the_campaigns_filters(trained):
+    offers_refresh()
+    customer = Customer.objects.order_by("pk").first()
+    offers = _mark_stored(customer)
+    categories = dict(Product.objects.values_list("pk", "category"))
+    category = categories[offers[0][0]]
+    got = offers_for_customers(customer_ids=[customer.pk], k=1, categories=[category])[customer.pk]
+    assert [r.product_id for r in got] == [offers[0][0]] and got[0].reason == "stored reason"
+    # A full stored list filtered below k cannot say what lies beneath it: scored live, filters applied.
+    top = max(score for _, score, _ in offers)
+    got = offers_for_customers(customer_ids=[customer.pk], k=3, min_score=top)[customer.pk]
+    assert all(r.reason != "stored reason" and r.score >= top for r in got)
+    got = offers_for_customers(customer_ids=[customer.pk], k=3, categories=[category])[customer.pk]
+    assert got and all(categories[r.product_id] == category for r in got)

@@ -1,10 +1,11 @@
-"""Next-best offers computed ahead, so the API answers a customer from one indexed read.
+"""Next-best offers computed ahead: the API answers a customer from one indexed read, and a one-off or
+recurring campaign's batch reads its customers' offers in one query instead of scoring them.
 
 Scoring one customer live costs tens of milliseconds (the history query, candidates, the boosted trees),
 scoring customers in bulk about half a millisecond each (bench/README.md, Recommender). So each
 customer's best STORED_K offers are kept per active model: for everyone nightly (beat) and when a
 version is activated, and for one customer whenever the API found their row missing or stale. A row is
-served while it is right: computed by the active version, after the customer's last order (an order
+used while it is right: computed by the active version, after the customer's last order (an order
 import also drops its customers' rows), less than MAX_AGE ago, and only for products still active. An
 anchor order, or more than STORED_K offers, is always scored live.
 """
@@ -71,38 +72,93 @@ def offers_refresh(*, on_progress: Callable[[int, int], None] | None = None) -> 
     return StoredOffers.objects.count()
 
 
-def offers_forget(*, customer_ids: Iterable[int]) -> None:
-    """Drop stored offers of customers whose history changed (they are scored again when asked)."""
-    StoredOffers.objects.filter(customer_id__in=list(customer_ids)).delete()
+def _usable(
+    offers: list, version: int, products: dict[int, str], k: int, min_score: float, wanted
+) -> list | None:
+    """The stored offers that answer this question (active products, score and category filters), or
+    None when they cannot: fewer than k left of a full list, whose lower-ranked candidates were not kept."""
+    kept = [
+        Recommendation(pid, score, reason, version)
+        for pid, score, reason in offers
+        if pid in products and score >= min_score and (wanted is None or products[pid] in wanted)
+    ]
+    # A list shorter than STORED_K held every candidate the model had: then fewer than k is the answer.
+    return kept[:k] if len(kept) >= k or len(offers) < STORED_K else None
+
+
+def offers_for_customers(
+    *,
+    customer_ids: list[int],
+    k: int,
+    anchors: dict[int, int] | None = None,
+    categories: list[str] | None = None,
+    min_score: float = 0.0,
+    now: dt.datetime | None = None,
+) -> dict[int, list[Recommendation]]:
+    """A batch's offers (a campaign chunk): stored ones where they answer, one live call for the rest.
+
+    Anchored customers (post-purchase emails) are always scored live: their offers follow the order.
+    """
+    now = now or timezone.now()
+    anchors = anchors or {}
+    result: dict[int, list[Recommendation]] = {}
+    version = active_version_id()
+    if version is not None and k <= STORED_K:
+        rows = list(
+            StoredOffers.objects.filter(
+                customer_id__in=[c for c in customer_ids if not anchors.get(c)],
+                model_version_id=version,
+                computed_at__gt=now - MAX_AGE,
+            ).values_list("customer_id", "computed_at", "offers", "customer__last_order_at")
+        )
+        products = dict(
+            Product.objects.filter(pk__in={o[0] for row in rows for o in row[2]}, active=True).values_list(
+                "pk", "category"
+            )
+        )
+        wanted = set(categories) if categories else None
+        for customer, computed_at, offers, last_order_at in rows:
+            if last_order_at is None or computed_at >= last_order_at:
+                kept = _usable(offers, version, products, k, min_score, wanted)
+                if kept is not None:
+                    result[customer] = kept
+    live = [c for c in customer_ids if c not in result]
+    if live:
+        result.update(
+            recommend_for_customers(
+                customer_ids=live,
+                k=k,
+                anchors={c: anchors[c] for c in live if anchors.get(c)},
+                categories=categories,
+                min_score=min_score,
+                as_of=now,
+            )
+        )
+    return result
 
 
 def offers_for(
     *, customer_id: int, last_order_at: dt.datetime | None, k: int, now: dt.datetime | None = None
 ) -> list[Recommendation]:
-    """The customer's best k offers: stored ones when still right, else scored live (and stored)."""
+    """The API's answer for one customer: stored offers when still right, else scored live (and stored)."""
     now = now or timezone.now()
-    if k <= STORED_K:
-        row = (
-            StoredOffers.objects.filter(customer_id=customer_id)
-            .values_list("model_version_id", "computed_at", "offers")
-            .first()
-        )
-        if row is not None:
-            version, computed_at, offers = row
-            fresh = now - computed_at < MAX_AGE and (last_order_at is None or computed_at >= last_order_at)
-            if fresh and version == active_version_id():
-                active = set(
-                    Product.objects.filter(pk__in=[o[0] for o in offers], active=True).values_list(
-                        "pk", flat=True
-                    )
+    if k > STORED_K:
+        return recommend_for_customers(customer_ids=[customer_id], k=k, as_of=now)[customer_id]
+    row = (
+        StoredOffers.objects.filter(customer_id=customer_id)
+        .values_list("model_version_id", "computed_at", "offers")
+        .first()
+    )
+    if row is not None:
+        version, computed_at, offers = row
+        fresh = now - computed_at < MAX_AGE and (last_order_at is None or computed_at >= last_order_at)
+        if fresh and version == active_version_id():
+            products = dict(
+                Product.objects.filter(pk__in=[o[0] for o in offers], active=True).values_list(
+                    "pk", "category"
                 )
-                kept = [
-                    Recommendation(pid, score, reason, version)
-                    for pid, score, reason in offers
-                    if pid in active
-                ]
-                # A short list is complete (there were no more candidates) unless deactivations shortened it.
-                if len(kept) >= k or len(offers) < STORED_K and len(kept) == len(offers):
-                    return kept[:k]
-        return offers_store(customer_ids=[customer_id], now=now)[customer_id][:k]
-    return recommend_for_customers(customer_ids=[customer_id], k=k, as_of=now)[customer_id]
+            )
+            kept = _usable(offers, version, products, k, 0.0, None)
+            if kept is not None:
+                return kept
+    return offers_store(customer_ids=[customer_id], now=now)[customer_id][:k]

@@ -19,7 +19,7 @@ from customers.bulk import bulk_insert
 from customers.models import Product
 
 from ..models import Campaign, Message, Offer, TrackedLink, new_token
-from ..recommender import recommend_for_customers
+from ..recommender.stored import offers_for_customers
 from ..rendering import email_render
 from ..tokens import public_url
 
@@ -68,7 +68,7 @@ def offers_create(*, messages: list[Message]) -> tuple[dict[int, list[OfferDraft
     """
     campaign = messages[0].campaign
     k = campaign.offers_per_email
-    recs = recommend_for_customers(
+    recs = offers_for_customers(
         customer_ids=[m.customer_id for m in messages],
         k=k,
         anchors={m.customer_id: m.trigger_order_id for m in messages if m.trigger_order_id},
