@@ -152,3 +152,11 @@ def test_stored_offers_honour_the_campaigns_filters(trained):
     assert all(r.reason != "stored reason" and r.score >= top for r in got)
     got = offers_for_customers(customer_ids=[customer.pk], k=3, categories=[category])[customer.pk]
     assert got and all(categories[r.product_id] == category for r in got)
+
+
+def test_version_page_shows_how_many_customers_have_stored_offers(admin_client, trained):
+    url = f"/admin/campaigns/modelversion/{trained.pk}/change/"
+    assert "none (scored live when asked)" in admin_client.get(url).content.decode()
+    offers_refresh()
+    page = admin_client.get(url).content.decode()
+    assert f"{StoredOffers.objects.count():,} customers, last stored" in page
