@@ -237,17 +237,20 @@ class Message(models.Model):
         RENDER_ERROR = "render_error", "Template failed to render"
         CANCELLED = "cancelled", "Campaign cancelled"
 
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="messages")
+    # No single-column indexes where a composite one below starts with the column: every index is
+    # written again by each status change (two per email), so redundant ones slow sending down.
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="messages", db_index=False)
     run = models.ForeignKey(
         CampaignRun, on_delete=models.CASCADE, null=True, blank=True, related_name="messages"
     )
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="messages")
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="messages", db_index=False)
     trigger_order = models.ForeignKey(
         Order, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PLANNED, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PLANNED)
     skip_reason = models.CharField(max_length=16, choices=SkipReason.choices, blank=True, default="")
-    token = models.CharField(max_length=32, unique=True, default=new_token)
+    # Unique by a Meta constraint: unique=True would add a LIKE index on PostgreSQL, which a token never needs.
+    token = models.CharField(max_length=32, default=new_token)
     send_after = models.DateTimeField(
         null=True, blank=True, help_text="Held until then (delay or quiet hours)."
     )
@@ -286,10 +289,12 @@ class Message(models.Model):
             models.CheckConstraint(
                 condition=~Q(status="sent") | Q(sent_at__isnull=False), name="message_sent_has_time"
             ),
+            models.UniqueConstraint(fields=["token"], name="message_token_unique"),
         ]
         indexes = [
             models.Index(fields=["campaign", "status"], name="message_campaign_status_idx"),
             models.Index(fields=["customer", "sent_at"], name="message_customer_sent_idx"),
+            models.Index(fields=["status"], name="message_status_idx"),
         ]
 
     def __str__(self) -> str:
@@ -297,13 +302,14 @@ class Message(models.Model):
 
 
 class Offer(models.Model):
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="offers")
+    # The message's own index is the unique (message, …) ones; token as on Message.
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="offers", db_index=False)
     product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="offers")
     rank = models.PositiveSmallIntegerField()
     score = models.FloatField()
     reason = models.CharField(max_length=300)
     model_version = models.ForeignKey(ModelVersion, on_delete=models.SET_NULL, null=True, blank=True)
-    token = models.CharField(max_length=32, unique=True, default=new_token)
+    token = models.CharField(max_length=32, default=new_token)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -311,6 +317,7 @@ class Offer(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["message", "product"], name="offer_once_per_message"),
             models.UniqueConstraint(fields=["message", "rank"], name="offer_rank_unique"),
+            models.UniqueConstraint(fields=["token"], name="offer_token_unique"),
         ]
 
     def __str__(self) -> str:
@@ -322,9 +329,12 @@ class TrackedLink(models.Model):
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="links")
     offer = models.ForeignKey(Offer, on_delete=models.CASCADE, null=True, blank=True, related_name="links")
-    token = models.CharField(max_length=32, unique=True, default=new_token)
+    token = models.CharField(max_length=32, default=new_token)  # unique: Meta, as on Message
     url = models.URLField(max_length=2000)
     is_honeypot = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["token"], name="trackedlink_token_unique")]
 
     def __str__(self) -> str:
         return self.url
