@@ -96,9 +96,10 @@ class _Pusher:
                 if self._connection is None:
                     connection = self._pool.make_connection()
                     connection.connect()
-                    connection.send_command("CLIENT", "REPLY", "OFF")
+                    connection.send_command("CLIENT", "REPLY", "OFF", check_health=False)
                     self._connection = connection
-                self._connection.send_command("RPUSH", key, value)
+                # No health check: its PING would wait for an answer that REPLY OFF never sends.
+                self._connection.send_command("RPUSH", key, value, check_health=False)
             except redis.RedisError:
                 if self._connection is not None:
                     self._connection.disconnect()
@@ -111,9 +112,9 @@ class _Pusher:
             if self._connection is None:
                 return
             try:
-                self._connection.send_command("CLIENT", "REPLY", "ON")
+                self._connection.send_command("CLIENT", "REPLY", "ON", check_health=False)
                 self._connection.read_response()
-                self._connection.send_command("CLIENT", "REPLY", "OFF")
+                self._connection.send_command("CLIENT", "REPLY", "OFF", check_health=False)
             except redis.RedisError:  # what it held is lost with it; the next push reconnects
                 self._connection.disconnect()
                 self._connection = None

@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import time
 
 import pytest
 from django.urls import reverse
@@ -224,3 +225,18 @@ def test_network_hash_of_the_fast_path_is_the_ipaddress_one(address, settings):
     except ValueError:
         expected = ""
     assert ip_hash(address) == expected
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_records_reach_redis_even_with_health_checks_on(client, buffered, settings):
+    """The pusher never waits for an answer, so a health check (PING) must not be sent on it."""
+    settings.REDIS_URL = (
+        settings.REDIS_URL + ("&" if "?" in settings.REDIS_URL else "?") + "health_check_interval=1"
+    )
+    message, _ = sent_message()
+    path = url("track-open", message.token, "open")
+    client.get(path, HTTP_USER_AGENT=HUMAN_UA)
+    time.sleep(1.2)  # the next command is past the health check interval
+    client.get(path, HTTP_USER_AGENT=HUMAN_UA)
+    assert tracking_flush.delay().get() == 2
