@@ -1,7 +1,7 @@
 """Write-behind buffer for opens and clicks (TRACKING_BUFFER, needs REDIS_URL).
 
 With the buffer on, the pixel checks its token's HMAC (a valid MAC means we issued the token) and
-appends one compact record to a Redis list, without waiting for Redis's answer (_Pusher) and without
+appends one compact record to a Redis list, reading Redis's answer one request late (_Pusher), without
 the database. The click also needs the link's stored URL: one indexed SELECT the first time, then from
 Redis (kept an hour) or, for a link this process has seen, from memory.
 
@@ -18,9 +18,11 @@ agent) are skipped. Flushes are serialised by a PostgreSQL advisory lock (SQLite
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
+import logging
 import os
 import threading
 
@@ -35,6 +37,7 @@ from customers.bulk import bulk_insert
 from .events import UA_MAX, click_request_reason, client_facts, messages_first_touch_refresh, scanner_seconds
 from .models import Event, Message, TrackedLink
 
+logger = logging.getLogger(__name__)
 QUEUE = "xsell:tracking:queue"
 FLUSHING = "xsell:tracking:flushing"
 LINK_PREFIX = "xsell:tracking:link:"
@@ -77,57 +80,74 @@ def buffer_client() -> redis.Redis:
 
 
 class _Pusher:
-    """RPUSH on a connection in CLIENT REPLY OFF mode: the request never waits for Redis's answer.
+    """RPUSH without waiting for the answer: each push first reads the answers that have arrived.
 
-    A round trip is most of a queued open's cost (about 120 µs against 13 µs to hand the command to the
-    socket, bench/README.md, Tracking). What it gives up: a record written into a socket whose Redis
-    just went away is lost instead of recorded directly, at most the one in flight when the connection
-    broke, since the next write fails and falls back. Redis keeps this queue in memory only anyway.
+    A round trip is most of a queued open's cost (about 120 µs through redis-py against tens of µs to
+    send the command and read earlier answers already waiting, bench/README.md, Tracking). Answers are
+    still read, one request late: an error (Redis out of memory, a read-only replica) or a broken
+    connection makes that push fail, so its request records directly, and is logged with the number of
+    records sent since the last answer (usually one), which are lost. Redis keeps this queue in memory
+    only anyway.
     """
+
+    MAX_UNREAD = 256  # answers left unread before a push waits for them
 
     def __init__(self, url: str):
         self._pool = redis.ConnectionPool.from_url(url)  # only to build connections of the URL's kind
         self._connection = None
+        self._unread = 0
         self._lock = threading.Lock()  # one command at a time on the socket, whatever the threads
 
     def push(self, key: str, value: str) -> None:
         with self._lock:
             try:
                 if self._connection is None:
-                    connection = self._pool.make_connection()
-                    connection.connect()
-                    connection.send_command("CLIENT", "REPLY", "OFF", check_health=False)
-                    self._connection = connection
-                # No health check: its PING would wait for an answer that REPLY OFF never sends.
+                    self._connection = self._pool.make_connection()
+                    self._connection.connect()
+                    self._unread = 0
+                self._read(wait=self._unread >= self.MAX_UNREAD)
+                # No health check: its PING's answer would be read in place of an RPUSH's.
                 self._connection.send_command("RPUSH", key, value, check_health=False)
+                self._unread += 1
             except redis.RedisError:
-                if self._connection is not None:
-                    self._connection.disconnect()
-                self._connection = None
+                self._reset()
                 raise
 
     def confirm(self) -> None:
-        """Wait until Redis has taken every record pushed so far (it answers commands in order)."""
+        """Wait until Redis has answered every record pushed so far (a flush must see them)."""
         with self._lock:
             if self._connection is None:
                 return
             try:
-                self._connection.send_command("CLIENT", "REPLY", "ON", check_health=False)
-                self._connection.read_response()
-                self._connection.send_command("CLIENT", "REPLY", "OFF", check_health=False)
-            except redis.RedisError:  # what it held is lost with it; the next push reconnects
-                self._connection.disconnect()
-                self._connection = None
+                while self._unread:
+                    self._read(wait=True)
+            except redis.RedisError:
+                self._reset()
+
+    def _read(self, *, wait: bool) -> None:
+        while self._unread and (wait or self._connection.can_read(timeout=0)):
+            self._connection.read_response()  # raises the error a failed RPUSH answered
+            self._unread -= 1
+            wait = False
+
+    def _reset(self) -> None:
+        if self._unread:
+            logger.error("tracking buffer: up to %d queued records lost with their connection", self._unread)
+        if self._connection is not None:
+            self._connection.disconnect()
+        self._connection, self._unread = None, 0
 
 
 _pushers: dict[tuple[str, int], _Pusher] = {}
+_pushers_lock = threading.Lock()
 
 
 def _pusher(url: str) -> _Pusher:
     key = (url, os.getpid())  # per process: a socket must not be shared across a fork
-    if key not in _pushers:
-        _pushers[key] = _Pusher(url)
-    return _pushers[key]
+    with _pushers_lock:
+        if key not in _pushers:
+            _pushers[key] = _Pusher(url)
+        return _pushers[key]
 
 
 def _push(record: str) -> None:
@@ -167,7 +187,7 @@ JOIN campaigns_message m ON m.id = l.message_id WHERE l.token = %s
 
 # Links are written once when their message is composed and never edited, so a process may keep them.
 _links: dict[str, tuple[int, str]] = {}
-LINKS_KEPT = 100_000  # per process; the dict is emptied when full (a miss costs one Redis round trip)
+LINKS_KEPT = 20_000  # per process (URLs of up to 2,000 characters); the dict is emptied when full (a miss costs one Redis round trip)
 
 
 def _link(token: str) -> tuple[int, str] | None:
@@ -177,8 +197,13 @@ def _link(token: str) -> tuple[int, str] | None:
     cached = _links.get(token)
     if cached is not None:
         return cached
+    # The click is already queued: a Redis failure here must only skip the cache, or the view would
+    # record the click a second time directly.
     client = buffer_client()
-    value = client.get(LINK_PREFIX + token)
+    try:
+        value = client.get(LINK_PREFIX + token)
+    except redis.RedisError:
+        value = None
     if value is not None:
         start, _, url = value.decode().partition("|")
         found = (int(start), url)
@@ -192,7 +217,8 @@ def _link(token: str) -> tuple[int, str] | None:
         if isinstance(start, str):  # SQLite returns an expression's datetime as its stored UTC text
             start = dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC)
         found = (_micros(start), url)
-        client.set(LINK_PREFIX + token, f"{found[0]}|{url}", ex=LINK_SECONDS)
+        with contextlib.suppress(redis.RedisError):
+            client.set(LINK_PREFIX + token, f"{found[0]}|{url}", ex=LINK_SECONDS)
     if len(_links) >= LINKS_KEPT:
         _links.clear()
     _links[token] = found

@@ -232,7 +232,9 @@ def test_network_hash_of_the_fast_path_is_the_ipaddress_one(address, settings):
 def test_records_reach_redis_even_with_health_checks_on(client, buffered, settings):
     """The pusher never waits for an answer, so a health check (PING) must not be sent on it."""
     settings.REDIS_URL = (
-        settings.REDIS_URL + ("&" if "?" in settings.REDIS_URL else "?") + "health_check_interval=1"
+        settings.REDIS_URL
+        + ("&" if "?" in settings.REDIS_URL else "?")
+        + "health_check_interval=1&socket_timeout=2"
     )
     message, _ = sent_message()
     path = url("track-open", message.token, "open")
@@ -240,3 +242,41 @@ def test_records_reach_redis_even_with_health_checks_on(client, buffered, settin
     time.sleep(1.2)  # the next command is past the health check interval
     client.get(path, HTTP_USER_AGENT=HUMAN_UA)
     assert tracking_flush.delay().get() == 2
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_a_redis_error_is_not_silent_the_next_request_records_directly(client, buffered, caplog):
+    """Answers are read one request late: an error answer fails the next push, which falls back."""
+    message, _ = sent_message()
+    path = url("track-open", message.token, "open")
+    tracking_buffer._pusher(os.environ["REDIS_URL"]).confirm()
+    buffered.set(tracking_buffer.QUEUE, "not a list")  # every RPUSH now answers WRONGTYPE
+    try:
+        client.get(path, HTTP_USER_AGENT=HUMAN_UA)  # queued; its error answer is not read yet
+        client.get(path, HTTP_USER_AGENT=HUMAN_UA)  # reads it: this open is recorded directly
+    finally:
+        buffered.delete(tracking_buffer.QUEUE)
+    assert Event.objects.filter(kind="open").count() == 1
+    assert "queued records lost" in caplog.text
+    client.get(path, HTTP_USER_AGENT=HUMAN_UA)  # a new connection, queued again
+    assert tracking_flush.delay().get() == 1
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_a_failing_link_cache_does_not_count_a_click_twice(client, buffered, monkeypatch):
+    import redis
+
+    message, offers = sent_message()
+    link = offer_link(offers[0])
+
+    def broken(*args, **kwargs):
+        raise redis.ConnectionError("cache down")
+
+    monkeypatch.setattr(buffered, "get", broken)
+    monkeypatch.setattr(buffered, "set", broken)
+    response = client.get(url("track-click", link.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    assert response.status_code == 302 and response["Location"] == link.url
+    assert not Event.objects.exists()  # not recorded directly as well
+    assert tracking_flush.delay().get() == 1
