@@ -160,3 +160,38 @@ def test_version_page_shows_how_many_customers_have_stored_offers(admin_client, 
     offers_refresh()
     page = admin_client.get(url).content.decode()
     assert f"{StoredOffers.objects.count():,} customers, last stored" in page
+
+
+def test_a_refresh_stops_when_another_version_is_activated_meanwhile(trained, monkeypatch):
+    from campaigns.recommender import stored
+
+    second = model_version_train(horizon_days=30, activate=False)
+    monkeypatch.setattr(stored, "CHUNK", 10)
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        if len(seen) == 1:
+            model_version_activate(version=second)
+
+    kept = offers_refresh(on_progress=progress)
+    assert seen == [10]  # the first chunk only
+    assert not StoredOffers.objects.filter(model_version=trained).exists()
+    assert kept == StoredOffers.objects.filter(model_version=second).count()
+
+
+def test_a_customer_erased_while_being_scored_gets_no_row_back(trained, monkeypatch):
+    from campaigns.recommender import stored
+
+    customer = Customer.objects.order_by("pk").first()
+    score = stored.recommend_for_customers
+
+    def erase_meanwhile(**kwargs):
+        result = score(**kwargs)
+        customer_erase(customer=Customer.objects.get(pk=customer.pk))
+        return result
+
+    monkeypatch.setattr(stored, "recommend_for_customers", erase_meanwhile)
+    stored.offers_store(customer_ids=[customer.pk, customer.pk + 1])
+    assert not StoredOffers.objects.filter(customer=customer).exists()
+    assert StoredOffers.objects.filter(customer_id=customer.pk + 1).exists()

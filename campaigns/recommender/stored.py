@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 from django.utils import timezone
 
-from campaigns.models import StoredOffers
+from campaigns.models import ModelVersion, StoredOffers
 from customers.models import Customer, Product
 
 from .service import CHUNK, Recommendation, active_version_id, recommend_for_customers
@@ -49,27 +49,41 @@ def offers_store(
         unique_fields=["customer"],
         update_fields=["model_version", "computed_at", "offers"],
     )
+    # A customer erased while they were being scored must not get their row back.
+    StoredOffers.objects.filter(
+        customer_id__in=[row.customer_id for row in rows],
+        customer__suppressed_reason=Customer.Suppression.ERASED,
+    ).delete()
     return scored
 
 
+def _active_now() -> int | None:
+    # Read from the database, not the 2-second cache: a refresh must notice an activation at once.
+    return ModelVersion.objects.filter(is_active=True).values_list("pk", flat=True).first()
+
+
 def offers_refresh(*, on_progress: Callable[[int, int], None] | None = None) -> int:
-    """Store every customer's offers with the active model, CHUNK customers at a time; returns rows kept."""
-    version = active_version_id()
+    """Store every customer's offers with the active model, CHUNK customers at a time; returns rows kept.
+
+    Stops early when another version is activated meanwhile: the activation starts its own refresh."""
+    version = _active_now()
     if version is None:
         return 0
     customers = Customer.objects.exclude(suppressed_reason=Customer.Suppression.ERASED)
     total, done, last = customers.count(), 0, 0
     while True:
         ids = list(customers.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:CHUNK])
-        if not ids:
+        if not ids or _active_now() != version:
             break
         offers_store(customer_ids=ids)
         done, last = done + len(ids), ids[-1]
         if on_progress:
             on_progress(done, total)
-    # Rows of an older version would never be served again.
-    StoredOffers.objects.exclude(model_version_id=version).delete()
-    return StoredOffers.objects.count()
+    # Rows of an older version would never be served again (none of the version active now).
+    active = _active_now()
+    if active is not None:
+        StoredOffers.objects.exclude(model_version_id=active).delete()
+    return StoredOffers.objects.filter(model_version_id=active).count()
 
 
 def _usable(
