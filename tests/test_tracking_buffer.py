@@ -254,6 +254,7 @@ def test_a_redis_error_is_not_silent_the_next_request_records_directly(client, b
     buffered.set(tracking_buffer.QUEUE, "not a list")  # every RPUSH now answers WRONGTYPE
     try:
         client.get(path, HTTP_USER_AGENT=HUMAN_UA)  # queued; its error answer is not read yet
+        assert tracking_buffer._pusher(os.environ["REDIS_URL"])._connection.can_read(timeout=2)  # it came
         client.get(path, HTTP_USER_AGENT=HUMAN_UA)  # reads it: this open is recorded directly
     finally:
         buffered.delete(tracking_buffer.QUEUE)
