@@ -50,10 +50,9 @@ def customer_recommendations(request, external_id: str):
         return _error(400, f"k must be an integer between 1 and {MAX_K}, got {raw_k!r}")
     if not 1 <= k <= MAX_K:
         return _error(400, f"k must be between 1 and {MAX_K}, got {k}")
-    row = Customer.objects.filter(external_id=external_id).values_list("pk", "last_order_at").first()
-    if row is None:
+    customer = Customer.objects.filter(external_id=external_id).values_list("pk", flat=True).first()
+    if customer is None:
         return _error(404, f"unknown customer {external_id!r}")
-    customer, last_order_at = row
     anchors = None
     anchor_ext = request.GET.get("anchor_order")
     if anchor_ext:
@@ -68,7 +67,7 @@ def customer_recommendations(request, external_id: str):
     if anchors:
         recs = recommend_for_customers(customer_ids=[customer], k=k, anchors=anchors)[customer]
     else:
-        recs = offers_for(customer_id=customer, last_order_at=last_order_at, k=k)
+        recs = offers_for(customer_id=customer, k=k)
     products = Product.objects.in_bulk([r.product_id for r in recs])
     return JsonResponse(
         {

@@ -100,6 +100,35 @@ def _usable(
     return kept[:k] if len(kept) >= k or len(offers) < STORED_K else None
 
 
+def _from_store(
+    *, customer_ids: list[int], k: int, categories: list[str] | None, min_score: float, now: dt.datetime
+) -> dict[int, list[Recommendation]]:
+    """Offers of these customers from rows that are still right (active version, computed after the
+    customer's last order, less than MAX_AGE ago) and answer the question; customers without one are
+    left out."""
+    version = active_version_id()
+    if version is None or k > STORED_K or not customer_ids:
+        return {}
+    rows = list(
+        StoredOffers.objects.filter(
+            customer_id__in=customer_ids, model_version_id=version, computed_at__gt=now - MAX_AGE
+        ).values_list("customer_id", "computed_at", "offers", "customer__last_order_at")
+    )
+    products = dict(
+        Product.objects.filter(pk__in={o[0] for row in rows for o in row[2]}, active=True).values_list(
+            "pk", "category"
+        )
+    )
+    wanted = set(categories) if categories else None
+    found = {}
+    for customer, computed_at, offers, last_order_at in rows:
+        if last_order_at is None or computed_at >= last_order_at:
+            kept = _usable(offers, version, products, k, min_score, wanted)
+            if kept is not None:
+                found[customer] = kept
+    return found
+
+
 def offers_for_customers(
     *,
     customer_ids: list[int],
@@ -115,27 +144,13 @@ def offers_for_customers(
     """
     now = now or timezone.now()
     anchors = anchors or {}
-    result: dict[int, list[Recommendation]] = {}
-    version = active_version_id()
-    if version is not None and k <= STORED_K:
-        rows = list(
-            StoredOffers.objects.filter(
-                customer_id__in=[c for c in customer_ids if not anchors.get(c)],
-                model_version_id=version,
-                computed_at__gt=now - MAX_AGE,
-            ).values_list("customer_id", "computed_at", "offers", "customer__last_order_at")
-        )
-        products = dict(
-            Product.objects.filter(pk__in={o[0] for row in rows for o in row[2]}, active=True).values_list(
-                "pk", "category"
-            )
-        )
-        wanted = set(categories) if categories else None
-        for customer, computed_at, offers, last_order_at in rows:
-            if last_order_at is None or computed_at >= last_order_at:
-                kept = _usable(offers, version, products, k, min_score, wanted)
-                if kept is not None:
-                    result[customer] = kept
+    result = _from_store(
+        customer_ids=[c for c in customer_ids if not anchors.get(c)],
+        k=k,
+        categories=categories,
+        min_score=min_score,
+        now=now,
+    )
     live = [c for c in customer_ids if c not in result]
     if live:
         result.update(
@@ -151,28 +166,12 @@ def offers_for_customers(
     return result
 
 
-def offers_for(
-    *, customer_id: int, last_order_at: dt.datetime | None, k: int, now: dt.datetime | None = None
-) -> list[Recommendation]:
+def offers_for(*, customer_id: int, k: int, now: dt.datetime | None = None) -> list[Recommendation]:
     """The API's answer for one customer: stored offers when still right, else scored live (and stored)."""
     now = now or timezone.now()
     if k > STORED_K:
         return recommend_for_customers(customer_ids=[customer_id], k=k, as_of=now)[customer_id]
-    row = (
-        StoredOffers.objects.filter(customer_id=customer_id)
-        .values_list("model_version_id", "computed_at", "offers")
-        .first()
-    )
-    if row is not None:
-        version, computed_at, offers = row
-        fresh = now - computed_at < MAX_AGE and (last_order_at is None or computed_at >= last_order_at)
-        if fresh and version == active_version_id():
-            products = dict(
-                Product.objects.filter(pk__in=[o[0] for o in offers], active=True).values_list(
-                    "pk", "category"
-                )
-            )
-            kept = _usable(offers, version, products, k, 0.0, None)
-            if kept is not None:
-                return kept
+    stored = _from_store(customer_ids=[customer_id], k=k, categories=None, min_score=0.0, now=now)
+    if customer_id in stored:
+        return stored[customer_id]
     return offers_store(customer_ids=[customer_id], now=now)[customer_id][:k]
