@@ -218,6 +218,7 @@ def main() -> None:
             # Warm every worker's connection and imports before measuring.
             wrk_run(paths=pixels[:50], seconds=3, connections=args.connections, tmp=Path(tmp), name="warm")
             if args.buffer:
+                time.sleep(1)  # each worker's last batch reaches Redis within its timer's delay
                 tracking_buffer_flush()  # the warm-up's opens are not the run's
             print(
                 f"gunicorn -w {args.workers} (sync), wrk -t2 -c{args.connections} -d{args.seconds}s, "

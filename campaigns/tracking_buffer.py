@@ -1,8 +1,8 @@
 """Write-behind buffer for opens and clicks (TRACKING_BUFFER, needs REDIS_URL).
 
 With the buffer on, the pixel checks its token's HMAC (a valid MAC means we issued the token) and
-appends one compact record to a Redis list, reading Redis's answer one request late (_Pusher), without
-the database. The click also needs the link's stored URL: one indexed SELECT the first time, then from
+queues one compact record without the database; each process sends its records to a Redis list in
+batches and never waits for Redis's answer (_Pusher). The click also needs the link's stored URL: one indexed SELECT the first time, then from
 Redis (kept an hour) or, for a link this process has seen, from memory.
 
 The Celery task campaigns.tracking_flush (beat, every 10 s) drains the list in chunks: it looks the
@@ -18,6 +18,8 @@ agent) are skipped. Flushes are serialised by a PostgreSQL advisory lock (SQLite
 
 from __future__ import annotations
 
+import atexit
+import collections
 import contextlib
 import datetime as dt
 import functools
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -80,69 +83,147 @@ def buffer_client() -> redis.Redis:
 
 
 class _Pusher:
-    """RPUSH without waiting for the answer: each push first reads the answers that have arrived.
+    """Records go to Redis in batches, one RPUSH per BATCH records, and no request waits for Redis.
 
-    A round trip is most of a queued open's cost (about 120 µs through redis-py against tens of µs to
-    send the command and read earlier answers already waiting, bench/README.md, Tracking). Answers are
-    still read, one request late: an error (Redis out of memory, a read-only replica) or a broken
-    connection makes that push fail, so its request records directly, and is logged with the number of
-    records sent since the last answer (usually one), which are lost. Redis keeps this queue in memory
-    only anyway.
+    One RPUSH per request cost each open a send, a poll for earlier answers and a wakeup of Redis on the
+    same cores (bench/README.md, Tracking); a batch pays them once. A record waits at most about DELAY
+    seconds: the request that fills a batch sends it, a timer thread sends a partial one. So a process
+    killed with SIGKILL loses at most its last BATCH records; a normal exit (a gunicorn worker
+    restarting) sends them first.
+
+    Answers are read one batch late, and a batch's records are kept until Redis has answered it: an
+    error answer (out of memory, a read-only replica) or a broken connection writes every unanswered
+    record to the database directly, through the flush's own code (which skips any that reached Redis
+    after all, so none counts twice). After a failure pushes refuse for RETRY_SECONDS, and the views
+    record directly rather than try to connect on every request.
     """
 
-    MAX_UNREAD = 256  # answers left unread before a push waits for them
+    BATCH = 16
+    DELAY = 0.02
+    MAX_UNANSWERED = 64  # batches sent without their answer read before a send waits for one
+    RETRY_SECONDS = 1.0
 
     def __init__(self, url: str):
-        self._pool = redis.ConnectionPool.from_url(url)  # only to build connections of the URL's kind
+        # The pool only builds connections of the URL's kind; a short connect timeout, because a request
+        # that finds Redis gone waits for it.
+        self._pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=0.5)
+        self._pid = os.getpid()
         self._connection = None
-        self._unread = 0
+        self._pending: list[bytes] = []
+        self._unanswered: collections.deque[list[bytes]] = collections.deque()
+        self._retry_at = 0.0
         self._lock = threading.Lock()  # one command at a time on the socket, whatever the threads
+        self._due = threading.Event()
+        self._timer: threading.Thread | None = None
+        atexit.register(self.confirm)
 
-    def push(self, key: str, value: str) -> None:
-        with self._lock:
-            try:
-                if self._connection is None:
-                    self._connection = self._pool.make_connection()
-                    self._connection.connect()
-                    self._unread = 0
-                self._read(wait=self._unread >= self.MAX_UNREAD)
-                # Packed by hand (redis-py's packer costs more than the rest of the push); no health check:
-                # its PING's answer would be read in place of an RPUSH's.
-                self._connection.send_packed_command([_rpush(key, value)], check_health=False)
-                self._unread += 1
-            except redis.RedisError:
-                self._reset()
-                raise
-
-    def confirm(self) -> None:
-        """Wait until Redis has answered every record pushed so far (a flush must see them)."""
+    def push(self, record: bytes) -> None:
+        """Queue a record; raises redis.ConnectionError while Redis cannot be reached."""
+        failed: list[bytes] = []
         with self._lock:
             if self._connection is None:
-                return
+                self._connect()
+            self._pending.append(record)
+            if len(self._pending) >= self.BATCH:
+                failed = self._send()
+            elif len(self._pending) == 1:
+                self._timer_wake()
+        _write_directly(failed)
+
+    def confirm(self) -> None:
+        """Send what is pending and wait until Redis has answered every record (a flush must see them)."""
+        if os.getpid() != self._pid:
+            return  # a forked child inherits the parent's exit handler, not its records to send
+        with self._lock:
+            failed = self._send()
             try:
-                while self._unread:
+                while self._unanswered and not failed:
                     self._read(wait=True)
-            except redis.RedisError:
-                self._reset()
+            except redis.RedisError as exc:
+                failed = self._fail(exc, [])
+        _write_directly(failed)
+
+    def _connect(self) -> None:
+        if time.monotonic() < self._retry_at:
+            raise redis.ConnectionError("tracking buffer: Redis failed less than a second ago")
+        connection = self._pool.make_connection()
+        try:
+            connection.connect()
+        except redis.RedisError:
+            self._retry_at = time.monotonic() + self.RETRY_SECONDS
+            raise
+        self._connection = connection
+
+    def _send(self) -> list[bytes]:
+        """Send the pending records as one RPUSH; the records to write directly if Redis failed."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return []
+        try:
+            if self._connection is None:
+                self._connect()
+            self._read(wait=len(self._unanswered) >= self.MAX_UNANSWERED)
+            # Packed by hand (redis-py's packer costs more than the rest of the push); no health check:
+            # its PING's answer would be read in place of an RPUSH's.
+            self._connection.send_packed_command([_rpush(QUEUE, batch)], check_health=False)
+        except redis.RedisError as exc:
+            return self._fail(exc, batch)
+        self._unanswered.append(batch)
+        return []
 
     def _read(self, *, wait: bool) -> None:
-        while self._unread and (wait or self._connection.can_read(timeout=0)):
+        while self._unanswered and (wait or self._connection.can_read(timeout=0)):
             self._connection.read_response()  # raises the error a failed RPUSH answered
-            self._unread -= 1
+            self._unanswered.popleft()
             wait = False
 
-    def _reset(self) -> None:
-        if self._unread:
-            logger.error("tracking buffer: up to %d queued records lost with their connection", self._unread)
+    def _fail(self, exc: Exception, batch: list[bytes]) -> list[bytes]:
+        records = [record for sent in self._unanswered for record in sent] + batch
+        self._unanswered.clear()
         if self._connection is not None:
             self._connection.disconnect()
-        self._connection, self._unread = None, 0
+        self._connection = None
+        self._retry_at = time.monotonic() + self.RETRY_SECONDS
+        logger.warning(
+            "tracking buffer: Redis failed (%s); %d records are written to the database directly",
+            exc,
+            len(records),
+        )
+        return records
+
+    def _timer_wake(self) -> None:
+        if self._timer is None or not self._timer.is_alive():
+            self._timer = threading.Thread(target=self._timer_run, name="tracking-buffer", daemon=True)
+            self._timer.start()
+        self._due.set()
+
+    def _timer_run(self) -> None:
+        while True:
+            self._due.wait()
+            time.sleep(self.DELAY)
+            self._due.clear()
+            with self._lock:
+                failed = self._send()
+            if failed:
+                _write_directly(failed)
+                connection.close()  # this thread's own database connection
 
 
-def _rpush(key: str, value: str) -> bytes:
-    """RPUSH key value in Redis's wire protocol (RESP): an array of three bulk strings."""
-    parts = [b"RPUSH", key.encode(), value.encode()]
-    return b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+def _rpush(key: str, values: list[bytes]) -> bytes:
+    """RPUSH key value... in Redis's wire protocol (RESP): an array of bulk strings."""
+    parts = [b"RPUSH", key.encode(), *values]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+def _write_directly(records: list[bytes]) -> None:
+    if not records:
+        return
+    try:
+        _chunk_write(records)
+    except Exception:
+        logger.exception(
+            "tracking buffer: %d records lost (neither Redis nor the database took them)", len(records)
+        )
 
 
 _pushers: dict[tuple[str, int], _Pusher] = {}
@@ -157,15 +238,15 @@ def _pusher(url: str) -> _Pusher:
         return _pushers[key]
 
 
-def _push(record: str) -> None:
-    _pusher(settings.REDIS_URL).push(QUEUE, record)
+def _push(record: bytes) -> None:
+    _pusher(settings.REDIS_URL).push(record)
 
 
 def _micros(moment: dt.datetime) -> int:
     return (moment - _EPOCH) // dt.timedelta(microseconds=1)  # exact, unlike a float timestamp
 
 
-def _record(*, kind: str, token: str, request, reason: str, now: dt.datetime) -> str:
+def _record(*, kind: str, token: str, request, reason: str, now: dt.datetime) -> bytes:
     facts = client_facts(request)
     return json.dumps(
         [
@@ -178,7 +259,7 @@ def _record(*, kind: str, token: str, request, reason: str, now: dt.datetime) ->
             facts["user_agent"],
         ],
         separators=(",", ":"),
-    )
+    ).encode()
 
 
 def open_buffer(*, token: str, request, reason: str, now: dt.datetime) -> None:

@@ -5,6 +5,8 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -38,6 +40,7 @@ def _clear(client) -> None:
 
 
 def _queued(client) -> int:
+    tracking_buffer._pusher(os.environ["REDIS_URL"]).confirm()  # this process's batch sent
     return client.llen(tracking_buffer.QUEUE)
 
 
@@ -158,6 +161,7 @@ def test_flush_that_crashed_after_writing_is_retried_without_duplicates(client, 
     for _ in range(3):
         client.get(pixel, HTTP_USER_AGENT=HUMAN_UA)
     # A flush that wrote its chunk and died before forgetting it (the worker was killed).
+    tracking_buffer._pusher(os.environ["REDIS_URL"]).confirm()
     take = buffered.register_script(tracking_buffer._TAKE)
     chunk = take(keys=[tracking_buffer.QUEUE, tracking_buffer.FLUSHING], args=[100])
     assert tracking_buffer._chunk_write(chunk) == 3
@@ -246,22 +250,84 @@ def test_records_reach_redis_even_with_health_checks_on(client, buffered, settin
 
 @needs_redis
 @pytest.mark.django_db
-def test_a_redis_error_is_not_silent_the_next_request_records_directly(client, buffered, caplog):
-    """Answers are read one request late: an error answer fails the next push, which falls back."""
+def test_a_redis_error_answer_writes_the_unanswered_records_directly(client, buffered, caplog):
+    """Answers are read a batch late; until then the records are kept, and an error writes them directly."""
     message, _ = sent_message()
     path = url("track-open", message.token, "open")
-    tracking_buffer._pusher(os.environ["REDIS_URL"]).confirm()
+    pusher = tracking_buffer._pusher(os.environ["REDIS_URL"])
+    pusher.confirm()
     buffered.set(tracking_buffer.QUEUE, "not a list")  # every RPUSH now answers WRONGTYPE
     try:
-        client.get(path, HTTP_USER_AGENT=HUMAN_UA)  # queued; its error answer is not read yet
-        assert tracking_buffer._pusher(os.environ["REDIS_URL"])._connection.can_read(timeout=2)  # it came
-        client.get(path, HTTP_USER_AGENT=HUMAN_UA)  # reads it: this open is recorded directly
+        client.get(path, HTTP_USER_AGENT=HUMAN_UA)
+        client.get(path, HTTP_USER_AGENT=HUMAN_UA)
+        assert not Event.objects.exists()  # queued, answered later
+        pusher.confirm()  # reads the error answer
     finally:
         buffered.delete(tracking_buffer.QUEUE)
-    assert Event.objects.filter(kind="open").count() == 1
-    assert "queued records lost" in caplog.text
+    assert Event.objects.filter(kind="open").count() == 2
+    assert "2 records are written to the database directly" in caplog.text
+    # For a second pushes refuse, so the views record directly instead of connecting every time.
+    client.get(path, HTTP_USER_AGENT=HUMAN_UA)
+    assert Event.objects.filter(kind="open").count() == 3 and _queued(buffered) == 0
+    pusher._retry_at = 0.0  # the second is over
     client.get(path, HTTP_USER_AGENT=HUMAN_UA)  # a new connection, queued again
+    assert tracking_flush.delay().get() == 1 and Event.objects.filter(kind="open").count() == 4
+
+
+def _until(condition, seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_a_full_batch_is_sent_by_the_request_that_fills_it(buffered, rf):
+    message, _ = sent_message()
+    pusher = tracking_buffer._Pusher(os.environ["REDIS_URL"])
+    pusher.DELAY = 60.0  # no timer send during this test
+    request = rf.get("/", HTTP_USER_AGENT=HUMAN_UA)
+    record = tracking_buffer._record(
+        kind="open", token=message.token, request=request, reason="", now=message.sent_at
+    )
+    for _ in range(pusher.BATCH - 1):
+        pusher.push(record)
+    time.sleep(0.1)
+    assert buffered.llen(tracking_buffer.QUEUE) == 0  # held until the batch is full
+    pusher.push(record)
+    assert _until(lambda: buffered.llen(tracking_buffer.QUEUE) == pusher.BATCH)
+    pusher.confirm()
+    assert tracking_flush.delay().get() == pusher.BATCH
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_a_partial_batch_is_sent_within_the_delay(client, buffered):
+    message, _ = sent_message()
+    tracking_buffer._pusher(os.environ["REDIS_URL"]).confirm()
+    client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
+    assert _until(lambda: buffered.llen(tracking_buffer.QUEUE) == 1)  # by the timer, no confirm()
     assert tracking_flush.delay().get() == 1
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_a_process_that_exits_sends_its_pending_records_first(buffered):
+    message, _ = sent_message()
+    script = f"""
+import django
+django.setup()
+from django.test import RequestFactory
+from campaigns import tracking_buffer
+request = RequestFactory().get("/", HTTP_USER_AGENT="Mozilla/5.0")
+for _ in range(3):
+    tracking_buffer._push(tracking_buffer._record(kind="open", token={message.token!r}, request=request,
+                                                  reason="", now=tracking_buffer._EPOCH))
+"""
+    env = dict(os.environ, TRACKING_BUFFER="1", DJANGO_SETTINGS_MODULE="xsell_crm.settings")
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    assert buffered.llen(tracking_buffer.QUEUE) == 3
 
 
 @needs_redis
