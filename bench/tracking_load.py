@@ -1,7 +1,7 @@
 """Load the open pixel and the click redirect under gunicorn + PostgreSQL, against a bare Django view.
 
     .venv/bin/python bench/tracking_load.py [--server postgres://postgres@127.0.0.1:5432]
-        [--seconds 60] [--workers 3] [--connections 16] [--messages 2000]
+        [--seconds 60] [--rounds 1] [--workers 3] [--connections 16] [--messages 2000]
         [--buffer [--redis redis://127.0.0.1:6379/14]]
 
 Recreates the database xsell_bench_tracking, migrates it, creates --messages sent messages with one
@@ -10,7 +10,10 @@ second process, loopback) for --seconds per endpoint, each request picking a ran
 For each of open and click it runs the bare view (same bytes, same middleware, no database) and the
 real view in the same run, and prints req/s, their ratio, p50/p99 latency, errors (socket errors and
 non-2xx/3xx answers) and events recorded versus requests counted by wrk (wrk does not count requests
-still in flight when it stops, so the server may record up to --connections more).
+still in flight when it stops, so the server may record up to --connections more per run). With
+--rounds N the bare and the real view take turns in N runs of --seconds/N each, so a drift in the
+machine's speed (a shared virtual machine) affects both alike; their figures are combined (req/s over
+the summed time, the worst p99).
 
 With --buffer the server runs with TRACKING_BUFFER=1 and REDIS_URL=--redis (the write-behind buffer of
 campaigns.tracking_buffer): after each tracked run the script flushes the queue in-process, timing the
@@ -151,6 +154,25 @@ def wrk_run(*, paths: list[str], seconds: int, connections: int, tmp: Path, name
     }
 
 
+def wrk_combine(runs: list[dict]) -> dict:
+    """Several wrk runs as one: requests and errors summed, req/s over their summed time, the median of
+    their medians and the worst of their 99th percentiles (percentiles of parts do not add up)."""
+    seconds = sum(run["requests"] / run["rps"] for run in runs)
+    p50s = sorted((_ms(run["p50"]), run["p50"]) for run in runs)
+    return {
+        "requests": sum(run["requests"] for run in runs),
+        "rps": sum(run["requests"] for run in runs) / seconds,
+        "errors": sum(run["errors"] for run in runs),
+        "p50": p50s[len(p50s) // 2][1],
+        "p99": max((_ms(run["p99"]), run["p99"]) for run in runs)[1],
+    }
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(\w+)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--server", default="postgres://postgres@127.0.0.1:5432")
@@ -158,6 +180,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="bare and tracked take turns in this many slices of the time"
+    )
     parser.add_argument(
         "--buffer", action="store_true", help="TRACKING_BUFFER=1: queue in Redis, flush after"
     )
@@ -221,24 +246,30 @@ def main() -> None:
                 time.sleep(1)  # each worker's last batch reaches Redis within its timer's delay
                 tracking_buffer_flush()  # the warm-up's opens are not the run's
             print(
-                f"gunicorn -w {args.workers} (sync), wrk -t2 -c{args.connections} -d{args.seconds}s, "
+                f"gunicorn -w {args.workers} (sync), wrk -t2 -c{args.connections} -d{args.seconds}s "
+                f"in {args.rounds} round(s), "
                 f"{args.messages} messages, PostgreSQL"
                 + (f", TRACKING_BUFFER=1 (Redis {args.redis})" if args.buffer else "")
             )
             for kind, paths in (("open", pixels), ("click", clicks)):
                 bare_paths = [p.replace("/t/o/", "/bare/o/").replace("/t/c/", "/bare/c/") for p in paths]
                 random.shuffle(bare_paths)
-                bare = wrk_run(
-                    paths=bare_paths,
-                    seconds=args.seconds,
-                    connections=args.connections,
-                    tmp=Path(tmp),
-                    name="bare",
-                )
                 before = Event.objects.filter(kind=kind).count()
-                real = wrk_run(
-                    paths=paths, seconds=args.seconds, connections=args.connections, tmp=Path(tmp), name=kind
-                )
+                # In rounds, bare and tracked taking turns, so a drift of the machine's speed (a shared
+                # virtual machine) affects both alike; each gets --seconds in all.
+                slices = {"bare": [], kind: []}
+                for _ in range(args.rounds):
+                    for name, run_paths in (("bare", bare_paths), (kind, paths)):
+                        slices[name].append(
+                            wrk_run(
+                                paths=run_paths,
+                                seconds=args.seconds // args.rounds,
+                                connections=args.connections,
+                                tmp=Path(tmp),
+                                name=name,
+                            )
+                        )
+                bare, real = wrk_combine(slices["bare"]), wrk_combine(slices[kind])
                 time.sleep(1)
                 flushed = ""
                 if args.buffer:

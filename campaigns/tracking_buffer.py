@@ -246,9 +246,12 @@ def _micros(moment: dt.datetime) -> int:
     return (moment - _EPOCH) // dt.timedelta(microseconds=1)  # exact, unlike a float timestamp
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators=...) builds one per call
+
+
 def _record(*, kind: str, token: str, request, reason: str, now: dt.datetime) -> bytes:
     facts = client_facts(request)
-    return json.dumps(
+    return _JSON.encode(
         [
             os.urandom(6).hex(),
             kind,
@@ -257,8 +260,7 @@ def _record(*, kind: str, token: str, request, reason: str, now: dt.datetime) ->
             reason,
             facts["ip_hash"],
             facts["user_agent"],
-        ],
-        separators=(",", ":"),
+        ]
     ).encode()
 
 

@@ -4,8 +4,6 @@ from . import tracking
 
 urlpatterns = [
     path("api/v1/", include("campaigns.recommender.urls")),
-    path("t/o/<str:token>.gif", tracking.open_pixel, name="track-open"),
-    path("t/c/<str:token>", tracking.click, name="track-click"),
     path("o/<str:token>", tracking.offer_page, name="offers"),
     path("a/<str:token>", tracking.accept, name="accept"),
     path("u/<str:token>", tracking.unsubscribe, name="unsubscribe"),
