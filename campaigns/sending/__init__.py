@@ -14,13 +14,12 @@ import logging
 from django.core.mail import EmailMultiAlternatives
 
 from ..models import Message
-from ..rendering import RenderError
 from .claim import messages_claim, messages_due, messages_sweep_stuck
-from .compose import links_store, message_build, offers_create, product_url, with_utm
+from .compose import links_store, messages_build, offers_create, product_url, with_utm
 from .deliver import Courier
 
 __all__ = [
-    "message_build",
+    "messages_build",
     "messages_claim",
     "messages_due",
     "messages_send",
@@ -91,17 +90,11 @@ def _compose(
     no_offer = [m for m in messages if not offers.get(m.pk)]
     _skip(no_offer, Message.SkipReason.NO_OFFER)
     counts["skipped"] += len(no_offer)
-    ready: list[tuple[Message, EmailMultiAlternatives]] = []
-    for message in messages:
-        if not offers.get(message.pk):
-            continue
-        try:
-            email, message_links = message_build(message=message, offers=offers[message.pk])
-        except RenderError as exc:
-            log.warning("message %s not rendered: %s", message.pk, exc)
-            _skip([message], Message.SkipReason.RENDER_ERROR, str(exc))
-            counts["skipped"] += 1
-            continue
-        links += message_links
-        ready.append((message, email))
-    return ready, links
+    ready, links_more, failed = messages_build(
+        messages=[m for m in messages if offers.get(m.pk)], offers=offers
+    )
+    for message, exc in failed:
+        log.warning("message %s not rendered: %s", message.pk, exc)
+        _skip([message], Message.SkipReason.RENDER_ERROR, str(exc))
+    counts["skipped"] += len(failed)
+    return ready, links + links_more

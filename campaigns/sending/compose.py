@@ -20,7 +20,7 @@ from customers.models import Product
 
 from ..models import Campaign, Message, Offer, TrackedLink, new_token
 from ..recommender.stored import offers_for_customers
-from ..rendering import email_render
+from ..rendering import RenderedEmail, RenderError, email_render, pages_inline
 from ..tokens import public_url
 
 PRODUCT_FIELDS = ("id", "sku", "name", "price", "currency", "category", "image_url", "product_url")
@@ -209,11 +209,31 @@ def mail_domain() -> str:
     return settings.DEFAULT_FROM_EMAIL.rpartition("@")[2] or "localhost"
 
 
-def message_build(
-    *, message: Message, offers: list[OfferDraft]
-) -> tuple[EmailMultiAlternatives, list[tuple]]:
-    """The email for one claimed message (three parts, list headers) and the rows of its other links."""
-    campaign, template = message.campaign, message.campaign.template
+def messages_build(
+    *, messages: list[Message], offers: dict[int, list[OfferDraft]]
+) -> tuple[list[tuple[Message, EmailMultiAlternatives]], list[tuple], list[tuple[Message, RenderError]]]:
+    """The emails of a chunk of claimed messages, the rows of their other links, and the messages that
+    failed to render (with why). CSS is inlined for the whole chunk in one call (rendering.pages_inline)."""
+    rendered, links, failed = [], [], []
+    for message in messages:
+        try:
+            parts, message_links = _message_render(message, offers[message.pk])
+        except RenderError as exc:
+            failed.append((message, exc))
+            continue
+        rendered.append((message, parts))
+        links += message_links
+    pages = pages_inline([parts.html for _, parts in rendered])
+    ready = [
+        (message, _email(message, parts, page))
+        for (message, parts), page in zip(rendered, pages, strict=True)
+    ]
+    return ready, links, failed
+
+
+def _message_render(message: Message, offers: list[OfferDraft]) -> tuple[RenderedEmail, list[tuple]]:
+    """The three parts of one claimed message (CSS not inlined yet) and the rows of its other links."""
+    template = message.campaign.template
     links: list[tuple] = []
     site = settings.SITE_URL + "/"
 
@@ -244,7 +264,14 @@ def message_build(
         context=context,
         track=track,
         footer=footer,
+        inline_css=False,
     )
+    return rendered, links
+
+
+def _email(message: Message, rendered: RenderedEmail, page: str) -> EmailMultiAlternatives:
+    """The email of one message (three parts, list headers), its HTML part being `page`."""
+    campaign = message.campaign
     domain = mail_domain()
     email = EmailMultiAlternatives(
         subject=rendered.subject,
@@ -262,9 +289,9 @@ def message_build(
             "X-Xsell-Message": message.token,
         },
     )
-    email.attach_alternative(rendered.html, "text/html")
+    email.attach_alternative(page, "text/html")
     email.metadata = {
         "xsell_message": message.token,
         "xsell_campaign": str(campaign.pk),
     }  # read by anymail ESPs
-    return email, links
+    return email
