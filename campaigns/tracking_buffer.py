@@ -87,8 +87,9 @@ class _Pusher:
 
     One RPUSH per request cost each open a send, a poll for earlier answers and a wakeup of Redis on the
     same cores (bench/README.md, Tracking); a batch pays them once. A record waits at most about DELAY
-    seconds: the request that fills a batch sends it, a timer thread sends a partial one. So a process
-    killed with SIGKILL loses at most its last BATCH records; a normal exit (a gunicorn worker
+    seconds: the request that fills a batch sends it, a timer thread sends a partial one and reads the
+    answers that came. So a process killed with SIGKILL loses at most its last BATCH records and those
+    of batches still unanswered (Redis answers within a millisecond); a normal exit (a gunicorn worker
     restarting) sends them first.
 
     Answers are read one batch late, and a batch's records are kept until Redis has answered it: an
@@ -104,9 +105,9 @@ class _Pusher:
     RETRY_SECONDS = 1.0
 
     def __init__(self, url: str):
-        # The pool only builds connections of the URL's kind; a short connect timeout, because a request
-        # that finds Redis gone waits for it.
-        self._pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=0.5)
+        # The pool only builds connections of the URL's kind; short timeouts, because a request that finds
+        # Redis gone or stalled waits for it (then its records go to the database directly).
+        self._pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
         self._pid = os.getpid()
         self._connection = None
         self._pending: list[bytes] = []
@@ -204,6 +205,15 @@ class _Pusher:
             self._due.clear()
             with self._lock:
                 failed = self._send()
+                if not failed and self._unanswered:
+                    # Read the answers that came, so an error is acted on now rather than at the next push
+                    # (which may be hours away); come back while some are still to come.
+                    try:
+                        self._read(wait=False)
+                    except redis.RedisError as exc:
+                        failed = self._fail(exc, [])
+                    if self._unanswered:
+                        self._due.set()
             if failed:
                 _write_directly(failed)
                 connection.close()  # this thread's own database connection

@@ -158,6 +158,26 @@ def test_a_template_failing_for_one_recipient_does_not_stop_the_others(world, sm
     assert m.skip_reason == "render_error" and "ZeroDivisionError" in m.error
 
 
+def test_a_page_the_css_inliner_refuses_fails_only_its_message(world, smtp, monkeypatch):
+    """CSS is inlined for a whole chunk in one call; a page it cannot take fails that message alone."""
+    from campaigns.sending import compose
+
+    real = compose.pages_inline
+
+    def refusing(pages):
+        if any("Rec3" in page for page in pages):  # stands in for a page css_inline raises on
+            raise ValueError("invalid stylesheet")
+        return real(pages)
+
+    monkeypatch.setattr(compose, "pages_inline", refusing)
+    c = campaign(template=world["template"], segment=world["segment"])
+    call_command("run_campaign", c.name, verbosity=0)
+    assert sorted(smtp.count_by_recipient()) == [f"r{i}@example.com" for i in (0, 1, 2, 4, 5)]
+    m = Message.objects.get(campaign=c, customer__external_id="R3")
+    assert m.skip_reason == "render_error" and "CSS inlining: invalid stylesheet" in m.error
+    assert not m.links.filter(offer__isnull=True).exists()  # its body links and honeypot were not stored
+
+
 def test_smtp_451_then_250_delivers_once_and_550_fails_and_suppresses(world, smtp):
     smtp.script["r0@example.com"].append("451 4.3.0 try again later")
     smtp.script["r1@example.com"].append("550 5.1.1 no such user")

@@ -214,20 +214,27 @@ def messages_build(
 ) -> tuple[list[tuple[Message, EmailMultiAlternatives]], list[tuple], list[tuple[Message, RenderError]]]:
     """The emails of a chunk of claimed messages, the rows of their other links, and the messages that
     failed to render (with why). CSS is inlined for the whole chunk in one call (rendering.pages_inline)."""
-    rendered, links, failed = [], [], []
+    rendered, failed = [], []
     for message in messages:
         try:
-            parts, message_links = _message_render(message, offers[message.pk])
+            rendered.append((message, *_message_render(message, offers[message.pk])))
         except RenderError as exc:
             failed.append((message, exc))
-            continue
-        rendered.append((message, parts))
-        links += message_links
-    pages = pages_inline([parts.html for _, parts in rendered])
-    ready = [
-        (message, _email(message, parts, page))
-        for (message, parts), page in zip(rendered, pages, strict=True)
-    ]
+    try:
+        pages = pages_inline([parts.html for _, parts, _ in rendered])
+    except Exception:  # noqa: BLE001 - find the page the inliner refused: only its message fails
+        pages = []
+        for message, parts, _ in rendered:
+            try:
+                pages.append(pages_inline([parts.html])[0])
+            except Exception as exc:  # noqa: BLE001
+                pages.append(None)
+                failed.append((message, RenderError(f"CSS inlining: {exc}")))
+    ready, links = [], []
+    for (message, parts, message_links), page in zip(rendered, pages, strict=True):
+        if page is not None:
+            ready.append((message, _email(message, parts, page)))
+            links += message_links
     return ready, links, failed
 
 
