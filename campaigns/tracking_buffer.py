@@ -240,6 +240,17 @@ _pushers: dict[tuple[str, int], _Pusher] = {}
 _pushers_lock = threading.Lock()
 
 
+def _pushers_forget() -> None:
+    # A forked child starts with no pusher: the parent's sockets, timer threads and pending records are
+    # the parent's, and a lock held by one of its threads at the fork would never be released here.
+    global _pushers_lock
+    _pushers.clear()
+    _pushers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_pushers_forget)
+
+
 def _pusher(url: str) -> _Pusher:
     key = (url, os.getpid())  # per process: a socket must not be shared across a fork
     with _pushers_lock:

@@ -1,5 +1,6 @@
 """Write-behind tracking (TRACKING_BUFFER): opens and clicks queued in Redis, written by the flush task."""
 
+import atexit
 import datetime as dt
 import hashlib
 import hmac
@@ -355,3 +356,30 @@ def test_a_failing_link_cache_does_not_count_a_click_twice(client, buffered, mon
     assert response.status_code == 302 and response["Location"] == link.url
     assert not Event.objects.exists()  # not recorded directly as well
     assert tracking_flush.delay().get() == 1
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_a_forked_child_sends_its_own_records_never_its_parents(buffered, rf, monkeypatch):
+    message, _ = sent_message()
+    parent = tracking_buffer._Pusher(os.environ["REDIS_URL"])
+    parent.DELAY = 3600.0  # the parent's records stay pending across the fork
+    monkeypatch.setitem(tracking_buffer._pushers, (os.environ["REDIS_URL"], os.getpid()), parent)
+    request = rf.get("/", HTTP_USER_AGENT=HUMAN_UA)
+    record = tracking_buffer._record(
+        kind="open", token=message.token, request=request, reason="", now=message.sent_at
+    )
+    for _ in range(3):
+        tracking_buffer._push(record)
+    pid = os.fork()
+    if pid == 0:  # the child: two records of its own, then its exit handlers (the parent's pusher's too)
+        try:
+            for _ in range(2):
+                tracking_buffer._push(record)
+            atexit._run_exitfuncs()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert buffered.llen(tracking_buffer.QUEUE) == 2
+    parent.confirm()
+    assert buffered.llen(tracking_buffer.QUEUE) == 5
