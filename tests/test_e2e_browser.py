@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from django.core import mail
 from django.core.management import call_command
+from django.db import connections
 
 from campaigns.models import Campaign, Event, Message
 
@@ -56,6 +57,9 @@ def browser_page(monkeypatch):
             lambda route: route.fulfill(body="<h1>Shop</h1>", content_type="text/html"),
         )
         yield page
+        # The test's ORM calls ran beside Playwright's event loop, where Django keeps a connection
+        # apart from the one the test database's teardown closes: close it here, or it stays open.
+        connections.close_all()
         browser.close()
 
 
