@@ -2,8 +2,9 @@
 
 With the buffer on, the pixel checks its token's HMAC (a valid MAC means we issued the token) and
 queues one compact record without the database; each process sends its records to a Redis list in
-batches and never waits for Redis's answer (_Pusher). The click also needs the link's stored URL: one indexed SELECT the first time, then from
-Redis (kept an hour) or, for a link this process has seen, from memory.
+batches and never waits for Redis's answer (_Pusher). The click also needs the link's stored URL: one
+indexed SELECT the first time, then from Redis (kept an hour) or, for a link this process has seen,
+from memory.
 
 The Celery task campaigns.tracking_flush (beat, every 10 s) drains the list in chunks: it looks the
 tokens up, drops unknown and expired ones (so only known rows are ever recorded), applies the
@@ -236,7 +237,7 @@ def _write_directly(records: list[bytes]) -> None:
         )
 
 
-_pushers: dict[tuple[str, int], _Pusher] = {}
+_pushers: dict[str, _Pusher] = {}  # by Redis URL, in this process only (emptied in a forked child)
 _pushers_lock = threading.Lock()
 
 
@@ -252,11 +253,10 @@ os.register_at_fork(after_in_child=_pushers_forget)
 
 
 def _pusher(url: str) -> _Pusher:
-    key = (url, os.getpid())  # per process: a socket must not be shared across a fork
     with _pushers_lock:
-        if key not in _pushers:
-            _pushers[key] = _Pusher(url)
-        return _pushers[key]
+        if url not in _pushers:
+            _pushers[url] = _Pusher(url)
+        return _pushers[url]
 
 
 def _push(record: bytes) -> None:
@@ -298,7 +298,9 @@ JOIN campaigns_message m ON m.id = l.message_id WHERE l.token = %s
 
 # Links are written once when their message is composed and never edited, so a process may keep them.
 _links: dict[str, tuple[int, str]] = {}
-LINKS_KEPT = 20_000  # per process (URLs of up to 2,000 characters); the dict is emptied when full (a miss costs one Redis round trip)
+# Per process (URLs of up to 2,000 characters); the dict is emptied when full (a miss costs one Redis
+# round trip).
+LINKS_KEPT = 20_000
 
 
 def _link(token: str) -> tuple[int, str] | None:

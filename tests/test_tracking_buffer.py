@@ -262,7 +262,7 @@ def test_a_redis_error_answer_writes_the_unanswered_records_directly(client, buf
     # connection could not see this test's uncommitted rows.
     pusher = tracking_buffer._Pusher(os.environ["REDIS_URL"])
     pusher.DELAY = 3600.0
-    monkeypatch.setitem(tracking_buffer._pushers, (os.environ["REDIS_URL"], os.getpid()), pusher)
+    monkeypatch.setitem(tracking_buffer._pushers, os.environ["REDIS_URL"], pusher)
     buffered.set(tracking_buffer.QUEUE, "not a list")  # every RPUSH now answers WRONGTYPE
     try:
         client.get(path, HTTP_USER_AGENT=HUMAN_UA)
@@ -364,7 +364,7 @@ def test_a_forked_child_sends_its_own_records_never_its_parents(buffered, rf, mo
     message, _ = sent_message()
     parent = tracking_buffer._Pusher(os.environ["REDIS_URL"])
     parent.DELAY = 3600.0  # the parent's records stay pending across the fork
-    monkeypatch.setitem(tracking_buffer._pushers, (os.environ["REDIS_URL"], os.getpid()), parent)
+    monkeypatch.setitem(tracking_buffer._pushers, os.environ["REDIS_URL"], parent)
     request = rf.get("/", HTTP_USER_AGENT=HUMAN_UA)
     record = tracking_buffer._record(
         kind="open", token=message.token, request=request, reason="", now=message.sent_at
