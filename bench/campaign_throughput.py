@@ -19,8 +19,9 @@ and `pip install "django-post-office>=3.9,<4"` for (b). In one run it
    exactly that many messages; earlier bench campaigns' claims are moved 30 days back so the frequency
    cap (2 per 7 days, 24 h gap) does not skip anyone twice;
 3. in-memory pipeline: one process, locmem backend (outbox cleared after every batch), emails/s;
-4. the limit: N copies of one email rendered in step 3 pushed by Django's SMTP backend
-   (send_messages in chunks of 1,000) over one connection to the sink, emails/s;
+4. the limit: N copies of one email rendered in step 3, built with the pipeline's email class and
+   pushed by Django's SMTP backend (send_messages in chunks of 1,000) over one connection to the
+   sink, emails/s;
 5. end to end: a second campaign planned (timed) and sent by --workers processes, each calling
    messages_send on its share of the batches over SMTP to the sink; emails/s with and without planning;
 6. django-post-office (own database, recreated): queue N templated emails with post_office.mail.send
@@ -304,11 +305,13 @@ def pipeline_run(*, database_url, email_url, email_backend, batches, workers, pr
 
 def limit_send(*, email_url, parts, n, results) -> None:
     django_setup(database_url=f"{SERVER}/postgres", email_url=email_url)
-    from django.core.mail import EmailMultiAlternatives, get_connection
+    from django.core.mail import get_connection
+
+    from campaigns.sending.mime import CampaignEmail  # the class the pipeline sends: same serialiser
 
     messages = []
     for _ in range(n):
-        email = EmailMultiAlternatives(
+        email = CampaignEmail(
             subject=parts["subject"],
             body=parts["body"],
             from_email=parts["from_email"],

@@ -22,6 +22,7 @@ from ..models import Campaign, Message, Offer, TrackedLink, new_token
 from ..recommender.stored import offers_for_customers
 from ..rendering import RenderedEmail, RenderError, email_render, pages_inline
 from ..tokens import public_url
+from .mime import CampaignEmail
 
 PRODUCT_FIELDS = ("id", "sku", "name", "price", "currency", "category", "image_url", "product_url")
 LINK_COLUMNS = ["message_id", "offer_id", "token", "url", "is_honeypot"]
@@ -276,11 +277,11 @@ def _message_render(message: Message, offers: list[OfferDraft]) -> tuple[Rendere
     return rendered, links
 
 
-def _email(message: Message, rendered: RenderedEmail, page: str) -> EmailMultiAlternatives:
+def _email(message: Message, rendered: RenderedEmail, page: str) -> CampaignEmail:
     """The email of one message (three parts, list headers), its HTML part being `page`."""
     campaign = message.campaign
     domain = mail_domain()
-    email = EmailMultiAlternatives(
+    email = CampaignEmail(
         subject=rendered.subject,
         body=rendered.text,
         from_email=campaign.from_email or settings.DEFAULT_FROM_EMAIL,
