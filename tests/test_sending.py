@@ -248,17 +248,13 @@ def _html(mail) -> str:
     )
 
 
-def test_every_tracked_link_in_a_sent_email_is_stored_for_its_message(world, smtp, monkeypatch, settings):
+def _assert_links_stored(c: Campaign, smtp, settings) -> None:
+    """Every click link in every sent email is a stored link of its message; offers and their links match."""
     import re
 
-    from campaigns import sending
     from campaigns.models import TrackedLink
     from campaigns.tokens import purpose_token_check
 
-    monkeypatch.setattr(sending, "FIRST_CHUNK", 2)
-    monkeypatch.setattr(sending, "COMPOSE_CHUNK", 3)  # 6 recipients: three chunks, one connection
-    c = campaign(template=world["template"], segment=world["segment"])
-    call_command("run_campaign", c.name, verbosity=0)
     assert set(smtp.count_by_recipient().values()) == {1} and len(smtp.count_by_recipient()) == 6
     for m in Message.objects.filter(campaign=c, status="sent").select_related("customer"):
         html = _html(smtp.to(m.customer.email)[0])
@@ -269,9 +265,78 @@ def test_every_tracked_link_in_a_sent_email_is_stored_for_its_message(world, smt
         assert tokens and tokens <= stored
         offer_links = TrackedLink.objects.filter(message=m, offer__isnull=False)
         assert offer_links.count() == Offer.objects.filter(message=m).count()
+        assert all(token in html for token in Offer.objects.filter(message=m).values_list("token", flat=True))
         assert TrackedLink.objects.filter(message=m, is_honeypot=True).count() == 1
         assert TrackedLink.objects.filter(message=m, url="https://shop.example/help").count() == 1
         assert m.sent_at and m.message_id == f"<{m.token}@{settings.DEFAULT_FROM_EMAIL.rpartition('@')[2]}>"
+
+
+def test_every_tracked_link_in_a_sent_email_is_stored_for_its_message(world, smtp, monkeypatch, settings):
+    from campaigns import sending
+
+    monkeypatch.setattr(sending, "FIRST_CHUNK", 2)
+    monkeypatch.setattr(sending, "COMPOSE_CHUNK", 3)  # 6 recipients: three chunks, one connection
+    c = campaign(template=world["template"], segment=world["segment"])
+    call_command("run_campaign", c.name, verbosity=0)
+    _assert_links_stored(c, smtp, settings)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_a_store_thread_writes_each_chunk_before_it_goes_out(
+    world, smtp, monkeypatch, settings
+):
+    import threading
+
+    from django.db import connection
+
+    from campaigns import sending
+    from campaigns.sending.store import Store
+
+    monkeypatch.setattr(sending, "FIRST_CHUNK", 2)
+    monkeypatch.setattr(sending, "COMPOSE_CHUNK", 3)
+    stored_by, store = [], Store._store
+
+    def spy(self, offers, links, ready):
+        stored_by.append(threading.current_thread().name)
+        assert all(o.pk is None for drafts in offers.values() for o in drafts)  # not stored yet
+        store(self, offers, links, ready)
+
+    monkeypatch.setattr(Store, "_store", spy)
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    _send_all(c)
+    # PostgreSQL: the store thread's own connection (it sees committed rows only); SQLite: the caller's.
+    assert set(stored_by) == {"xsell-store" if connection.vendor == "postgresql" else "MainThread"}
+    assert len(stored_by) == 3
+    _assert_links_stored(c, smtp, settings)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunk_that_cannot_be_stored_is_not_sent_and_its_error_reaches_the_caller(world, smtp, monkeypatch):
+    from campaigns import sending
+    from campaigns.sending import store
+
+    monkeypatch.setattr(sending, "FIRST_CHUNK", 2)
+    monkeypatch.setattr(sending, "COMPOSE_CHUNK", 2)  # three chunks of two
+    calls, links_store = [], store.links_store
+
+    def failing_second(rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise RuntimeError("database went away")
+        links_store(rows)
+
+    monkeypatch.setattr(store, "links_store", failing_second)
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    with pytest.raises(RuntimeError, match="database went away"):
+        _send_all(c)
+    statuses = sorted(
+        Message.objects.filter(campaign=c, status__in=["sending", "sent"]).values_list("status", flat=True)
+    )
+    # The first chunk went out and is recorded; the others stay "sending": swept to "uncertain", never resent.
+    assert statuses == ["sending"] * 4 + ["sent"] * 2
+    assert len(smtp.count_by_recipient()) == 2
 
 
 def test_a_refused_connection_leaves_every_message_to_retry(world, smtp, settings):

@@ -15,8 +15,9 @@ from django.core.mail import EmailMultiAlternatives
 
 from ..models import Message
 from .claim import messages_claim, messages_due, messages_sweep_stuck
-from .compose import links_store, messages_build, offers_create, product_url, with_utm
+from .compose import OfferDraft, messages_build, offers_pick, product_url, with_utm
 from .deliver import Courier
+from .store import Store
 
 __all__ = [
     "messages_build",
@@ -24,7 +25,7 @@ __all__ = [
     "messages_due",
     "messages_send",
     "messages_sweep_stuck",
-    "offers_create",
+    "offers_pick",
     "product_url",
     "with_utm",
 ]
@@ -43,20 +44,18 @@ def _skip(messages: list[Message], reason: str, error: str = "") -> None:
 
 
 def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> dict[str, int]:
-    """Send one batch: claim, then per chunk offers, render, store links and hand the chunk to the
-    courier, which delivers it over the batch's one connection while the next chunk is composed.
-    Returns counts by outcome."""
+    """Send one batch: claim, then per chunk pick offers and render; the store stage writes the chunk's
+    offers and links and hands it to the courier, which delivers it over the batch's one connection,
+    while the next chunk is composed. Returns counts by outcome."""
     counts = {"claimed": 0, "sent": 0, "retry": 0, "failed": 0, "uncertain": 0, "skipped": 0}
     claimed = messages_claim(message_ids=message_ids, now=now)
     if not claimed:
         return counts
     counts["claimed"] = len(claimed)
     _orders_attach(claimed)
-    with Courier(counts) as courier:
+    with Courier(counts) as courier, Store(courier) as store:
         for chunk in _chunks(claimed):
-            ready, links = _compose(chunk, counts)
-            links_store(links)  # stored before any email with them goes out
-            courier.send(ready)
+            store.put(*_compose(chunk, counts))
     return counts
 
 
@@ -84,17 +83,16 @@ def _orders_attach(messages: list[Message]) -> None:
 
 def _compose(
     messages: list[Message], counts: dict[str, int]
-) -> tuple[list[tuple[Message, EmailMultiAlternatives]], list[tuple]]:
-    """Offers, rendered emails and the rows of all their links for a chunk of claimed messages."""
-    offers, links = offers_create(messages=messages)
+) -> tuple[dict[int, list[OfferDraft]], list[tuple], list[tuple[Message, EmailMultiAlternatives]]]:
+    """For a chunk of claimed messages: their offers (not stored yet), the rows of their other links and
+    the rendered emails."""
+    offers = offers_pick(messages=messages)
     no_offer = [m for m in messages if not offers.get(m.pk)]
     _skip(no_offer, Message.SkipReason.NO_OFFER)
     counts["skipped"] += len(no_offer)
-    ready, links_more, failed = messages_build(
-        messages=[m for m in messages if offers.get(m.pk)], offers=offers
-    )
+    ready, links, failed = messages_build(messages=[m for m in messages if offers.get(m.pk)], offers=offers)
     for message, exc in failed:
         log.warning("message %s not rendered: %s", message.pk, exc)
         _skip([message], Message.SkipReason.RENDER_ERROR, str(exc))
     counts["skipped"] += len(failed)
-    return ready, links + links_more
+    return offers, links, ready

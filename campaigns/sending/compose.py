@@ -37,9 +37,11 @@ class OfferDraft:
     product: dict
     score: float
     reason: str
+    model_version_id: int | None
     token: str
     link_token: str
-    pk: int | None = None
+    url: str  # the product page the click link leads to
+    pk: int | None = None  # set once stored
 
 
 def with_utm(url: str, campaign: Campaign) -> str:
@@ -61,60 +63,70 @@ def product_url(product: Product | dict) -> str:
     return product.product_url or f"{settings.SITE_URL}/products/{product.sku}"
 
 
-def offers_create(*, messages: list[Message]) -> tuple[dict[int, list[OfferDraft]], list[tuple]]:
-    """Score the chunk's customers in one call and store each message's offers.
+def offers_pick(*, messages: list[Message]) -> dict[int, list[OfferDraft]]:
+    """Each message's offers, the chunk's customers scored in one call; nothing is written.
 
-    Returns the offers by message and the rows of their click links, which the caller stores with the
-    rest of the chunk's links before any email goes out.
+    A retried message keeps the offers stored on its first attempt (read here, with their ids); the
+    others' offers get their ids when offers_save stores them, which needs to happen before the email
+    goes out but not before it is rendered.
     """
     campaign = messages[0].campaign
     k = campaign.offers_per_email
+    rows = list(
+        Offer.objects.filter(message_id__in=[m.pk for m in messages if m.attempts > 1]).values_list(
+            "message_id", "product_id", "rank", "score", "reason", "model_version_id", "token", "pk"
+        )
+    )
+    kept = {row[0] for row in rows}
+    fresh = [m for m in messages if m.pk not in kept]
     recs = offers_for_customers(
-        customer_ids=[m.customer_id for m in messages],
+        customer_ids=[m.customer_id for m in fresh],
         k=k,
-        anchors={m.customer_id: m.trigger_order_id for m in messages if m.trigger_order_id},
+        anchors={m.customer_id: m.trigger_order_id for m in fresh if m.trigger_order_id},
         categories=campaign.allowed_categories or None,
         min_score=campaign.min_offer_score,
     )
-    rows = [
-        (m.pk, int(r.product_id), rank, float(r.score), r.reason[:300], r.model_version_id, new_token())
-        for m in messages
+    rows += [
+        (m.pk, int(r.product_id), rank, float(r.score), r.reason[:300], r.model_version_id, new_token(), None)
+        for m in fresh
         for rank, r in enumerate(recs.get(m.customer_id, [])[:k], start=1)
     ]
-    stored = _offers_insert(rows)
-    # A retried message keeps the offers stored on its first attempt (the insert skipped them).
-    again = {row[0] for row in rows if row[6] not in stored}
-    if again:
-        rows = [row for row in rows if row[0] not in again]
-        for o in (
-            Offer.objects.filter(message_id__in=again)
-            .order_by("message_id", "rank")
-            .values_list(
-                "message_id", "product_id", "rank", "score", "reason", "model_version_id", "token", "pk"
-            )
-        ):
-            rows.append(o[:7])
-            stored[o[6]] = o[7]
     products = {
         p["id"]: p for p in Product.objects.filter(pk__in={row[1] for row in rows}).values(*PRODUCT_FIELDS)
     }
     urls = {pk: with_utm(product_url(p), campaign) for pk, p in products.items()}
     by_message: dict[int, list[OfferDraft]] = {}
-    links: list[tuple] = []
-    for message_id, product_id, rank, score, reason, _, token in sorted(rows, key=lambda r: (r[0], r[2])):
-        offer = OfferDraft(
-            message_id=message_id,
-            rank=rank,
-            product=products[product_id],
-            score=score,
-            reason=reason,
-            token=token,
-            link_token=new_token(),
-            pk=stored[token],
+    for message_id, product_id, rank, score, reason, version, token, pk in sorted(
+        rows, key=lambda r: (r[0], r[2])
+    ):
+        by_message.setdefault(message_id, []).append(
+            OfferDraft(
+                message_id=message_id,
+                rank=rank,
+                product=products[product_id],
+                score=score,
+                reason=reason,
+                model_version_id=version,
+                token=token,
+                link_token=new_token(),
+                url=urls[product_id],
+                pk=pk,
+            )
         )
-        by_message.setdefault(message_id, []).append(offer)
-        links.append((message_id, offer.pk, offer.link_token, urls[product_id], False))
-    return by_message, links
+    return by_message
+
+
+def offers_save(offers: dict[int, list[OfferDraft]]) -> list[tuple]:
+    """Store the offers picked for a chunk (one statement) and return the rows of their click links."""
+    new = [o for drafts in offers.values() for o in drafts if o.pk is None]
+    stored = _offers_insert(
+        [(o.message_id, o.product["id"], o.rank, o.score, o.reason, o.model_version_id, o.token) for o in new]
+    )
+    for o in new:
+        if o.token not in stored:  # the message is claimed by this worker: nobody else stores its offers
+            raise RuntimeError(f"offer {o.rank} of message {o.message_id} was already stored")
+        o.pk = stored[o.token]
+    return [(o.message_id, o.pk, o.link_token, o.url, False) for drafts in offers.values() for o in drafts]
 
 
 def _offers_insert(rows: list[tuple]) -> dict[str, int]:

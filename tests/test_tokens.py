@@ -1,0 +1,43 @@
+"""Row tokens: 128 random bits, URL-safe, drawn from a per-thread pool that a forked worker never shares."""
+
+import base64
+import os
+import threading
+
+from campaigns.models import new_token
+
+
+def test_tokens_are_128_url_safe_bits_and_distinct():
+    tokens = [new_token() for _ in range(3000)]  # several draws of the pool
+    assert len(set(tokens)) == len(tokens)
+    for token in tokens[:50]:
+        assert len(base64.urlsafe_b64decode(token + "==")) == 16
+        assert token.replace("-", "").replace("_", "").isalnum()
+
+
+def test_threads_draw_distinct_tokens():
+    drawn: list[list[str]] = [[], []]
+    threads = [
+        threading.Thread(target=lambda out=out: out.extend(new_token() for _ in range(500))) for out in drawn
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not set(drawn[0]) & set(drawn[1])
+
+
+def test_a_forked_worker_draws_tokens_of_its_own():
+    new_token()  # the parent now holds a pool a child would inherit
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report five tokens, then leave without running pytest's exit code
+        os.write(write, " ".join(new_token() for _ in range(5)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [new_token() for _ in range(5)]
+    assert len(child) == 5
+    assert not set(child) & set(parent)
