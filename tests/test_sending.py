@@ -366,3 +366,13 @@ def test_a_retried_message_keeps_the_offers_of_its_first_attempt(world, smtp):
     assert list(Offer.objects.filter(message=m).order_by("rank").values_list("pk", "token")) == first
     html = _html(smtp.to("r0@example.com")[0])
     assert all(token in html for _, token in first)  # the accept links name the stored offers
+
+
+def test_a_batch_is_composed_in_chunks_small_at_both_ends():
+    from campaigns.sending import _chunks
+
+    batch = list(range(1000))
+    chunks = _chunks(batch)
+    assert [len(c) for c in chunks] == [100, 250, 250, 250, 100, 50]
+    assert [m for c in chunks for m in c] == batch
+    assert [len(c) for c in _chunks(list(range(300)))] == [100, 200]  # no tail when the rest is one chunk

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # Messages composed (offers, render, links stored) before their emails are handed to the courier.
 FIRST_CHUNK = 100
 COMPOSE_CHUNK = 250
+LAST_CHUNK = 50
 
 
 def _skip(messages: list[Message], reason: str, error: str = "") -> None:
@@ -60,11 +61,14 @@ def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> 
 
 
 def _chunks(messages: list[Message]) -> list[list[Message]]:
-    """A small first chunk so the courier starts early; then chunks large enough that the recommender's
-    cost per call (about half of it is fixed) is spread over many messages."""
-    first = messages[:FIRST_CHUNK]
-    rest = messages[FIRST_CHUNK:]
-    return [first] + [rest[i : i + COMPOSE_CHUNK] for i in range(0, len(rest), COMPOSE_CHUNK)]
+    """A small first chunk so that delivery starts early, and a small last one so that the store and the
+    courier finish soon after the composing does (the batch waits for them); between them chunks large
+    enough that the recommender's cost per call (about half of it is fixed) is spread over many messages."""
+    first, rest = messages[:FIRST_CHUNK], messages[FIRST_CHUNK:]
+    last = rest[-LAST_CHUNK:] if len(rest) > max(COMPOSE_CHUNK, LAST_CHUNK) else []
+    middle = rest[: len(rest) - len(last)]
+    chunks = [first] + [middle[i : i + COMPOSE_CHUNK] for i in range(0, len(middle), COMPOSE_CHUNK)]
+    return chunks + [last] if last else chunks
 
 
 def _orders_attach(messages: list[Message]) -> None:
