@@ -316,7 +316,9 @@ class Message(models.Model):
         ]
         indexes = [
             models.Index(fields=["campaign", "status"], name="message_campaign_status_idx"),
-            models.Index(fields=["customer", "sent_at"], name="message_customer_sent_idx"),
+            # The frequency cap reads each customer's messages claimed in its window: a range on this
+            # index, however long the customer's history (it also serves lookups by customer).
+            models.Index(fields=["customer", "claimed_at"], name="message_customer_claimed_idx"),
             models.Index(fields=["status"], name="message_status_idx"),
         ]
 
