@@ -99,3 +99,22 @@ def test_quiet_hours_past_the_deadline_skip_the_message():
     messages_claim(message_ids=messages_due(campaign=c, now=now), now=now)
     m = Message.objects.get(campaign=c, customer=customer)
     assert (m.status, m.skip_reason) == ("skipped", "quiet_hours")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_cap_index_migration_runs_again_after_a_run_that_failed_past_its_build():
+    import importlib
+
+    from django.apps import apps
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("CREATE INDEX CONCURRENTLY is PostgreSQL's")
+    migration = importlib.import_module("campaigns.migrations.0006_message_customer_claimed_index")
+    with connection.schema_editor(atomic=False) as editor:
+        editor.execute("CREATE INDEX message_customer_sent_idx ON campaigns_message (customer_id, sent_at)")
+        migration.forwards(apps, editor)  # the new index exists already, and the old one again
+    with connection.cursor() as cursor:
+        indexes = connection.introspection.get_constraints(cursor, "campaigns_message")
+    assert "message_customer_claimed_idx" in indexes and "message_customer_sent_idx" not in indexes
+    assert indexes["message_customer_claimed_idx"]["columns"] == ["customer_id", "claimed_at"]

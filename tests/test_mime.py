@@ -5,7 +5,7 @@ import re
 from email.policy import compat32
 
 from django.core.mail import EmailMultiAlternatives
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from campaigns.sending import mime
@@ -16,6 +16,9 @@ ASCII_VALUES = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=
 
 
 @given(name=HEADER_NAMES, value=ASCII_VALUES, crlf=st.booleans())
+@example(name="Subject", value="x" * 69, crlf=True)  # exactly 78 characters with "Subject: "
+@example(name="Subject", value="x" * 70, crlf=True)  # one over
+@example(name="Subject", value="a " * 35 + "b", crlf=False)
 def test_a_header_is_folded_as_the_stock_policy_folds_it(name, value, crlf):
     linesep = "\r\n" if crlf else "\n"
     ours, stock = POLICY.clone(linesep=linesep), compat32.clone(linesep=linesep)

@@ -354,7 +354,11 @@ def test_a_refused_connection_leaves_every_message_to_retry(world, smtp, setting
     assert smtp.messages == []
 
 
-def test_a_retried_message_keeps_the_offers_of_its_first_attempt(world, smtp):
+@pytest.mark.parametrize(
+    "stored_by",
+    ["caller", pytest.param("store thread", marks=pytest.mark.django_db(transaction=True))],
+)
+def test_a_retried_message_keeps_the_offers_of_its_first_attempt(world, smtp, stored_by):
     smtp.script["r0@example.com"].append("451 4.3.0 try again later")
     c = campaign(template=world["template"], segment=world["segment"])
     campaign_start(campaign=c, enqueue=False)
@@ -376,3 +380,60 @@ def test_a_batch_is_composed_in_chunks_small_at_both_ends():
     assert [len(c) for c in chunks] == [100, 250, 250, 250, 100, 50]
     assert [m for c in chunks for m in c] == batch
     assert [len(c) for c in _chunks(list(range(300)))] == [100, 200]  # no tail when the rest is one chunk
+
+
+def test_a_product_recommended_twice_is_offered_once(world, monkeypatch):
+    from campaigns.recommender.service import Recommendation
+    from campaigns.sending import compose
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    message = Message.objects.filter(campaign=c, status="planned").select_related("campaign").first()
+    a, b = world["products"]["CASE"], world["products"]["CHARGER"]
+    twice = [Recommendation(a.pk, 0.9, "r", None), Recommendation(a.pk, 0.8, "r", None)]
+    monkeypatch.setattr(
+        compose,
+        "offers_for_customers",
+        lambda **kw: {message.customer_id: [*twice, Recommendation(b.pk, 0.7, "r", None)]},
+    )
+    offers = compose.offers_pick(messages=[message])[message.pk]
+    assert [(o.product["id"], o.rank) for o in offers] == [(a.pk, 1), (b.pk, 2)]
+
+
+def test_an_interrupted_exit_stops_the_store_thread_before_the_courier_exits(monkeypatch):
+    import threading
+    import time
+
+    from campaigns.sending.store import Store
+
+    handed: list = []
+
+    class Courier:
+        def send(self, ready):
+            handed.append(ready)
+
+    store = Store(Courier())
+    store.threaded = True  # as on PostgreSQL outside a transaction; no database is touched below
+    started = threading.Event()
+
+    def slow_store(offers, links, ready):
+        started.set()
+        time.sleep(0.2)
+        store.courier.send(ready)
+
+    monkeypatch.setattr(store, "_store", slow_store)
+    put, interrupted = store.chunks.put, []
+
+    def interrupted_put(item, *args, **kwargs):
+        if item is None and not interrupted:
+            interrupted.append(1)
+            raise KeyboardInterrupt  # a time limit striking as the caller starts to wait for the thread
+        put(item, *args, **kwargs)
+
+    monkeypatch.setattr(store.chunks, "put", interrupted_put)
+    with pytest.raises(KeyboardInterrupt), store:
+        store.put({}, [], ["first"])
+        started.wait(5)
+        store.put({}, [], ["second"])  # queued while the first is being stored
+    assert not store.thread.is_alive()  # the courier's exit comes after: it sees every email it got
+    assert handed == [["first"]]  # the queued chunk was not handed over after the interruption

@@ -13,6 +13,8 @@ NEW = models.Index(fields=["customer", "claimed_at"], name="message_customer_cla
 def _swap(apps, schema_editor, add, remove):
     if schema_editor.connection.vendor == "postgresql":
         columns = ", ".join(f"{field}_id" if field == "customer" else field for field in add.fields)
+        # A failed CONCURRENTLY build leaves an invalid index of that name: drop it, so a re-run works.
+        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {add.name}")
         schema_editor.execute(f"CREATE INDEX CONCURRENTLY {add.name} ON campaigns_message ({columns})")
         schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {remove.name}")
         return

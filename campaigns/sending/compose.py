@@ -89,7 +89,7 @@ def offers_pick(*, messages: list[Message]) -> dict[int, list[OfferDraft]]:
     rows += [
         (m.pk, int(r.product_id), rank, float(r.score), r.reason[:300], r.model_version_id, new_token(), None)
         for m in fresh
-        for rank, r in enumerate(recs.get(m.customer_id, [])[:k], start=1)
+        for rank, r in enumerate(_distinct(recs.get(m.customer_id, []))[:k], start=1)
     ]
     products = {
         p["id"]: p for p in Product.objects.filter(pk__in={row[1] for row in rows}).values(*PRODUCT_FIELDS)
@@ -114,6 +114,17 @@ def offers_pick(*, messages: list[Message]) -> dict[int, list[OfferDraft]]:
             )
         )
     return by_message
+
+
+def _distinct(recs: list) -> list:
+    """Recommendations without a repeated product (a message offers a product once: a constraint)."""
+    seen: set[int] = set()
+    kept = []
+    for r in recs:
+        if int(r.product_id) not in seen:
+            seen.add(int(r.product_id))
+            kept.append(r)
+    return kept
 
 
 def offers_save(offers: dict[int, list[OfferDraft]]) -> list[tuple]:

@@ -94,9 +94,10 @@ def _record(message: Message, outcome: str, error: str = "", hard_bounce: bool =
 class Courier:
     """Delivers chunks of ready emails over one connection in a thread while the next chunk is composed.
 
-    Only the thread talks SMTP; it records nothing. Outcomes come back on a queue and the caller's
-    thread records them (its database connection, never inside a transaction held across SMTP). An
-    email is handed over only after its claim committed and its links are stored.
+    Only the thread talks SMTP; it records nothing. Outcomes come back on a queue and are recorded by
+    the thread that hands over the next chunk (the store stage's) and, at the end, by the caller's
+    (their own database connections, never inside a transaction held across SMTP). An email is handed
+    over only after its claim committed and its offers and links are stored.
     """
 
     def __init__(self, counts: dict[str, int], depth: int = 2):

@@ -11,6 +11,7 @@ caller's thread, in the same order.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 
@@ -19,6 +20,8 @@ from django.db import connection
 from .compose import links_store, offers_save
 from .deliver import Courier
 
+log = logging.getLogger(__name__)
+
 
 class Store:
     def __init__(self, courier: Courier, depth: int = 1):
@@ -26,6 +29,7 @@ class Store:
         self.threaded = connection.vendor == "postgresql" and not connection.in_atomic_block
         self.chunks: queue.Queue = queue.Queue(maxsize=depth)  # bounded: composing waits for the database
         self.error: BaseException | None = None
+        self.stopped = False  # set when the caller is interrupted: nothing more goes to the courier
         self.thread = threading.Thread(target=self._run, name="xsell-store", daemon=True)
 
     def __enter__(self) -> Store:
@@ -44,15 +48,25 @@ class Store:
 
     def __exit__(self, exc_type, *exc) -> None:
         if self.threaded:
-            self.chunks.put(None)  # the chunks already composed are stored and delivered first
-            self.thread.join()
-        if self.error is not None and exc_type is None:
-            raise self.error
+            try:
+                self.chunks.put(None)  # the chunks already composed are stored and delivered first
+                self.thread.join()
+            except BaseException:
+                # Interrupted while waiting (a task's time limit): hand the courier nothing more, and let
+                # the thread finish before the courier's own exit, so that exit sees every email it got.
+                self.stopped = True
+                self.chunks.put(None)
+                self.thread.join()
+                raise
+        if self.error is not None:
+            if exc_type is None:
+                raise self.error
+            log.error("storing a chunk failed too", exc_info=self.error)  # the caller's error goes on
 
     def _run(self) -> None:
         try:
             while (chunk := self.chunks.get()) is not None:
-                if self.error is None:  # after a failure, drain: the caller raises it at its next put
+                if self.error is None and not self.stopped:  # else drain: the caller raises or has raised
                     try:
                         self._store(*chunk)
                     except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
