@@ -20,6 +20,7 @@ class Recorder:
     def __init__(self):
         self.messages: list[email.message.Message] = []
         self.script: dict[str, deque[str]] = defaultdict(deque)  # recipient -> queued SMTP answers
+        self.on_data = None  # called with each accepted message, in the server's thread
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -32,6 +33,8 @@ class Recorder:
 
     async def handle_DATA(self, server, session, envelope):
         parsed = email.message_from_bytes(envelope.content)
+        if self.on_data is not None:
+            self.on_data(parsed)
         with self.lock:
             self.messages.append(parsed)
         return "250 Message accepted"

@@ -302,6 +302,25 @@ def test_outside_a_transaction_a_store_thread_writes_each_chunk_before_it_goes_o
         store(self, offers, links, ready)
 
     monkeypatch.setattr(Store, "_store", spy)
+    seen_on_arrival = {}
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        db = connection.settings_dict
+
+        def committed_rows(message):  # from a connection of its own: only what was committed
+            token = message["X-Xsell-Message"]
+            with psycopg.connect(
+                dbname=db["NAME"], user=db["USER"], host=db["HOST"], port=db["PORT"] or 5432
+            ) as other:
+                seen_on_arrival[token] = other.execute(
+                    "SELECT (SELECT count(*) FROM campaigns_offer o WHERE o.message_id = m.id),"
+                    " (SELECT count(*) FROM campaigns_trackedlink l WHERE l.message_id = m.id)"
+                    " FROM campaigns_message m WHERE m.token = %s",
+                    [token],
+                ).fetchone()
+
+        smtp.on_data = committed_rows
     c = campaign(template=world["template"], segment=world["segment"])
     campaign_start(campaign=c, enqueue=False)
     _send_all(c)
@@ -309,6 +328,12 @@ def test_outside_a_transaction_a_store_thread_writes_each_chunk_before_it_goes_o
     assert set(stored_by) == {"xsell-store" if connection.vendor == "postgresql" else "MainThread"}
     assert len(stored_by) == 3
     _assert_links_stored(c, smtp, settings)
+    if connection.vendor == "postgresql":  # every email's offers and links were committed when it arrived
+        final = {
+            m.token: (m.offers.count(), m.links.count())
+            for m in Message.objects.filter(campaign=c, status="sent")
+        }
+        assert seen_on_arrival == final and all(offers and links for offers, links in final.values())
 
 
 @pytest.mark.django_db(transaction=True)
