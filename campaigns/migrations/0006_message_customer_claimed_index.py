@@ -11,14 +11,14 @@ NEW = models.Index(fields=["customer", "claimed_at"], name="message_customer_cla
 
 
 def _swap(apps, schema_editor, add, remove):
+    model = apps.get_model("campaigns", "Message")
     if schema_editor.connection.vendor == "postgresql":
-        columns = ", ".join(f"{field}_id" if field == "customer" else field for field in add.fields)
+        columns = ", ".join(model._meta.get_field(field).column for field in add.fields)
         # A failed CONCURRENTLY build leaves an invalid index of that name: drop it, so a re-run works.
         schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {add.name}")
         schema_editor.execute(f"CREATE INDEX CONCURRENTLY {add.name} ON campaigns_message ({columns})")
         schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {remove.name}")
         return
-    model = apps.get_model("campaigns", "Message")
     schema_editor.add_index(model, add)
     schema_editor.remove_index(model, remove)
 

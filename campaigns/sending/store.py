@@ -46,7 +46,7 @@ class Store:
         else:
             self._store(offers, links, ready)
 
-    def __exit__(self, exc_type, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
         if self.threaded:
             try:
                 self.chunks.put(None)  # the chunks already composed are stored and delivered first
@@ -58,7 +58,7 @@ class Store:
                 self.chunks.put(None)
                 self.thread.join()
                 raise
-        if self.error is not None:
+        if self.error is not None and self.error is not exc:  # put() may have raised it already
             if exc_type is None:
                 raise self.error
             log.error("storing a chunk failed too", exc_info=self.error)  # the caller's error goes on
