@@ -5,6 +5,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.utils import timezone
 
 from campaigns.models import StoredOffers
@@ -195,3 +196,21 @@ def test_a_customer_erased_while_being_scored_gets_no_row_back(trained, monkeypa
     stored.offers_store(customer_ids=[customer.pk, customer.pk + 1])
     assert not StoredOffers.objects.filter(customer=customer).exists()
     assert StoredOffers.objects.filter(customer_id=customer.pk + 1).exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="planner statistics of PostgreSQL")
+def test_a_refresh_leaves_the_planner_statistics_current(trained):
+    # Statistics taken when half the rows were missing, as before a first refresh or a version change.
+    keep = StoredOffers.objects.count() // 2
+    StoredOffers.objects.filter(pk__in=StoredOffers.objects.order_by("pk").values("pk")[keep:]).delete()
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE campaigns_storedoffers")
+    assert _planner_rows() == keep
+    offers_refresh()  # writes every customer's row
+    assert _planner_rows() == StoredOffers.objects.count() > keep
+
+
+def _planner_rows() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = 'campaigns_storedoffers'::regclass")
+        return int(cursor.fetchone()[0])
