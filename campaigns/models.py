@@ -22,18 +22,22 @@ def _entropy_forget() -> None:
 os.register_at_fork(after_in_child=_entropy_forget)
 
 
-def new_token() -> str:
-    """128 random bits, URL-safe: the only identifier a recipient's links carry (as secrets.token_urlsafe).
+def random_bytes(n: int) -> bytes:
+    """n bytes from os.urandom, drawn _TOKEN_BYTES * _TOKENS_PER_DRAW at a time (per thread).
 
-    The bits come from os.urandom 256 tokens at a time (per thread): a send makes about 15 tokens an
-    email, and each call releases the GIL, so one call per token left the composing thread waiting
-    behind the courier's thread for the GIL again and again."""
+    A send makes about 15 tokens an email, and each os.urandom call releases the GIL: one call per
+    token left the composing thread waiting behind the courier's thread for the GIL again and again."""
     pool, at = getattr(_entropy, "pool", b""), getattr(_entropy, "at", 0)
-    if at >= len(pool):
-        pool, at = os.urandom(_TOKEN_BYTES * _TOKENS_PER_DRAW), 0
+    if at + n > len(pool):
+        pool, at = os.urandom(max(n, _TOKEN_BYTES * _TOKENS_PER_DRAW)), 0
         _entropy.pool = pool
-    _entropy.at = at + _TOKEN_BYTES
-    return base64.urlsafe_b64encode(pool[at : at + _TOKEN_BYTES]).rstrip(b"=").decode("ascii")
+    _entropy.at = at + n
+    return pool[at : at + n]
+
+
+def new_token() -> str:
+    """128 random bits, URL-safe: the only identifier a recipient's links carry (as secrets.token_urlsafe)."""
+    return base64.urlsafe_b64encode(random_bytes(_TOKEN_BYTES)).rstrip(b"=").decode("ascii")
 
 
 class ModelVersion(models.Model):

@@ -78,7 +78,7 @@ def test_a_single_part_email_is_unchanged():
 
 
 def test_a_boundary_found_in_the_text_is_drawn_again(monkeypatch):
-    draws = iter(["inthebody", "fresh"])
-    monkeypatch.setattr(mime.secrets, "token_hex", lambda n: next(draws))
-    _, ours = _pair(body="text with =_inthebody inside")
-    assert ours.message().get_boundary() == "=_fresh"
+    draws = iter([b"inthebody", b"fresh"])
+    monkeypatch.setattr(mime, "random_bytes", lambda n: next(draws))
+    _, ours = _pair(body=f"text with =_{b'inthebody'.hex()} inside")
+    assert ours.message().get_boundary() == f"=_{b'fresh'.hex()}"

@@ -4,7 +4,7 @@ import base64
 import os
 import threading
 
-from campaigns.models import new_token
+from campaigns.models import new_token, random_bytes
 
 
 def test_tokens_are_128_url_safe_bits_and_distinct():
@@ -41,3 +41,10 @@ def test_a_forked_worker_draws_tokens_of_its_own():
     parent = [new_token() for _ in range(5)]
     assert len(child) == 5
     assert not set(child) & set(parent)
+
+
+def test_random_bytes_of_any_size_never_repeat_the_pool():
+    drawn = [random_bytes(n) for n in (5, 16, 4096 + 7, 16, 3) * 40]  # across draws, one larger than a pool
+    assert [len(b) for b in drawn] == [5, 16, 4096 + 7, 16, 3] * 40
+    sixteen = [b for b in drawn if len(b) == 16] + [base64.urlsafe_b64decode(new_token() + "==")]
+    assert len(set(sixteen)) == len(sixteen)
