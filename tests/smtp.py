@@ -19,6 +19,7 @@ def free_port() -> int:
 class Recorder:
     def __init__(self):
         self.messages: list[email.message.Message] = []
+        self.envelopes: list[tuple[str, list[str], bytes]] = []  # (MAIL FROM, RCPT TOs, DATA) as received
         self.script: dict[str, deque[str]] = defaultdict(deque)  # recipient -> queued SMTP answers
         self.on_data = None  # called with each accepted message, in the server's thread
         self.lock = threading.Lock()
@@ -37,6 +38,7 @@ class Recorder:
             self.on_data(parsed)
         with self.lock:
             self.messages.append(parsed)
+            self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         return "250 Message accepted"
 
     def to(self, address: str) -> list[email.message.Message]:

@@ -4,11 +4,13 @@ import email
 import re
 from email.policy import compat32
 
-from django.core.mail import EmailMultiAlternatives
+import pytest
+from django.core.mail import BadHeaderError, EmailMultiAlternatives
+from django.core.mail.message import sanitize_address
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from campaigns.sending import mime
+from campaigns.sending import backend, mime
 from campaigns.sending.mime import POLICY, CampaignEmail
 
 HEADER_NAMES = st.sampled_from(["Subject", "X-Xsell-Message", "List-Unsubscribe-Post", "Message-ID", "To"])
@@ -82,3 +84,96 @@ def test_a_boundary_found_in_the_text_is_drawn_again(monkeypatch):
     monkeypatch.setattr(mime, "random_bytes", lambda n: next(draws))
     _, ours = _pair(body=f"text with =_{b'inthebody'.hex()} inside")
     assert ours.message().get_boundary() == f"=_{b'fresh'.hex()}"
+
+
+# ---------------------------------------------------------------------------------- wire bytes (SMTP)
+
+LINE = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n"))
+TEXTS = st.lists(LINE | st.sampled_from(["\n", "\r\n", "\r"])).map("".join)
+SUBJECTS = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n"), max_size=120
+)
+
+
+def _stock_masked(data: bytes) -> bytes:
+    """Bytes with the boundary (ours: =_ and 32 hex digits; the stock one: =====…==) and Date masked."""
+    data = re.sub(rb'boundary="([^"]+)"', b'boundary="B"', data)
+    for boundary in set(re.findall(rb"^--(=_[0-9a-f]{32}|=+\d+==)(?:--)?\r$", data, re.M)):
+        data = data.replace(b"--" + boundary, b"--B")
+    return re.sub(rb"\r\nDate: [^\r]*\r\n", b"\r\nDate: D\r\n", data)
+
+
+@given(
+    subject=SUBJECTS,
+    body=TEXTS,
+    html=TEXTS,
+    name=st.sampled_from(["", "Zoë Smith", "Ann (work)", "O'Brien, Pat"]),
+    dated=st.booleans(),
+)
+@example(subject="x" * 78, body="Hello\n", html="<p>é</p>\r\n", name="", dated=True)
+@example(subject="x" * 79, body="a" * 998 + "\n", html="b" * 250, name="Zoë", dated=False)
+@example(subject="Ann, these go", body="", html="<p>only html</p>", name="", dated=True)
+def test_wire_bytes_are_the_stock_bytes_but_for_boundary_and_date(subject, body, html, name, dated):
+    headers = {"Message-ID": "<abc@shop.example>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    headers["List-Unsubscribe"] = "<https://shop.example/t/u/abc.def/>, <mailto:unsubscribe@shop.example?x=1>"
+    if dated:
+        headers["Date"] = "Sat, 28 Nov 2026 19:00:00 -0000"
+    stock = EmailMultiAlternatives(
+        subject=subject,
+        body=body,
+        from_email=f"{name} <offers@shop.example>" if name else "offers@shop.example",
+        to=["zoe@example.com", f"{name} <zoe2@example.com>" if name else "z@example.com"],
+        headers=headers,
+    )
+    ours = CampaignEmail(
+        subject=subject, body=body, from_email=stock.from_email, to=list(stock.to), headers=dict(headers)
+    )
+    for e in (stock, ours):
+        e.attach_alternative(html, "text/html")
+    wire = ours.wire_bytes()
+    long_lines = any(len(line.encode()) > 998 for text in (body, html) for line in text.splitlines())
+    assert (wire is None) == long_lines  # only a line SMTP cannot take as it is leaves the fast path
+    if wire is not None:
+        assert _stock_masked(wire) == _stock_masked(stock.message().as_bytes(linesep="\r\n"))
+
+
+def _campaign_email(**overrides) -> CampaignEmail:
+    fields = {"subject": "Hi", "body": "Hello Zoë\n", "to": ["zoe@example.com"], **overrides}
+    message = CampaignEmail(**fields)
+    message.attach_alternative("<p>Hello <b>Zoë</b></p>\n" * 50, "text/html")
+    return message
+
+
+def test_a_campaign_email_takes_the_wire_path_and_other_emails_do_not():
+    assert _campaign_email().wire_bytes() is not None
+    attached = _campaign_email()
+    attached.attach("offers.txt", "a list", "text/plain")
+    latin = _campaign_email()
+    latin.encoding = "iso-8859-1"
+    long_line = _campaign_email(body="word " * 200)
+    assert attached.wire_bytes() is latin.wire_bytes() is long_line.wire_bytes() is None
+
+
+def test_a_header_with_a_line_break_is_refused_on_the_wire_path_too():
+    with pytest.raises(BadHeaderError):
+        _campaign_email(subject="Hi\nBcc: everyone@example.com").wire_bytes()
+
+
+@given(address=st.from_regex(backend._BARE, fullmatch=True))
+@example(address="a@" + "b" * 63 + ".example")
+def test_a_bare_address_is_what_sanitize_address_makes_of_it(address):
+    assert backend.smtp_address(address, "utf-8") == sanitize_address(address, "utf-8")
+
+
+@given(address=st.text(max_size=40))
+@example(address="a@" + "b" * 64 + ".example")  # a label longer than 63: refused
+@example(address="a..b@example.com")
+@example(address="Zoë <zoe@example.com>")
+def test_any_other_address_is_sanitised_or_refused_as_django_does(address):
+    try:
+        expected = sanitize_address(address, "utf-8")
+    except ValueError:
+        with pytest.raises(ValueError):
+            backend.smtp_address(address, "utf-8")
+    else:
+        assert backend.smtp_address(address, "utf-8") == expected

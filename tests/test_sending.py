@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def smtp(settings):
     with SMTPServer() as server:
-        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_BACKEND = "campaigns.sending.backend.EmailBackend"  # what EMAIL_URL selects
         settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", server.port
         settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
         settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
@@ -462,3 +462,35 @@ def test_an_interrupted_exit_stops_the_store_thread_before_the_courier_exits(mon
         store.put({}, [], ["second"])  # queued while the first is being stored
     assert not store.thread.is_alive()  # the courier's exit comes after: it sees every email it got
     assert handed == [["first"]]  # the queued chunk was not handed over after the interruption
+
+
+def test_the_campaign_backend_puts_the_stock_backends_bytes_on_the_wire(world, smtp, settings):
+    # The same campaign email through Django's SMTP backend and through ours, to a real SMTP server.
+    from django.core.mail import get_connection
+
+    from campaigns.sending.mime import CampaignEmail
+
+    from .test_mime import _stock_masked
+
+    def email():
+        message = CampaignEmail(
+            subject="Zoë, these go with your order",
+            body="Hello Zoë\n\n- Leather case (£29.00)\n",
+            from_email="Shöp <offers@shop.example>",
+            to=["zoe@example.com"],
+            headers={
+                "Message-ID": "<abc@shop.example>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+        )
+        message.attach_alternative("<p>Hello <b>Zoë</b></p>\n" * 40, "text/html")
+        return message
+
+    assert email().wire_bytes() is not None
+    for backend in ("django.core.mail.backends.smtp.EmailBackend", "campaigns.sending.backend.EmailBackend"):
+        with get_connection(backend) as connection:
+            assert connection.send_messages([email()]) == 1
+    (stock_from, stock_to, stock_data), (ours_from, ours_to, ours_data) = smtp.envelopes
+    assert (ours_from, ours_to) == (stock_from, stock_to) == ("offers@shop.example", ["zoe@example.com"])
+    assert _stock_masked(ours_data) == _stock_masked(stock_data)
+    assert smtp.messages[1]["Subject"] == "=?utf-8?q?Zo=C3=AB=2C_these_go_with_your_order?="

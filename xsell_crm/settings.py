@@ -136,7 +136,8 @@ def _email_from_url(url: str) -> dict:
     if parsed.scheme not in {"smtp", "smtps"}:
         raise ValueError(f"EMAIL_URL scheme {parsed.scheme!r} is not supported (use smtp:// or smtps://)")
     return {
-        "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        # Django's SMTP backend, writing a campaign's email without building its MIME tree (same bytes).
+        "EMAIL_BACKEND": "campaigns.sending.backend.EmailBackend",
         "EMAIL_HOST": parsed.hostname or "localhost",
         "EMAIL_PORT": parsed.port or (465 if parsed.scheme == "smtps" else 25),
         "EMAIL_HOST_USER": unquote(parsed.username or ""),

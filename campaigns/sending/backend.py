@@ -1,0 +1,56 @@
+"""Django's SMTP backend, sending a campaign's email as CampaignEmail.wire_bytes() writes it.
+
+Django's backend builds the MIME tree and serialises it, and parses both addresses with the stdlib's
+header parser, for every email: about 0.6 ms of CPU an email, more than composing it. This backend
+skips the three for the emails campaigns send, with the same bytes on the wire, and is Django's for
+any other email (EMAIL_URL selects it: settings._email_from_url).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import smtplib
+
+from django.conf import settings
+from django.core.mail.backends import smtp
+from django.core.mail.message import sanitize_address
+
+from .mime import CampaignEmail
+
+# A bare address whose local part is a dot-atom and whose domain is ASCII letters, digits and hyphens
+# in labels of at most 63: sanitize_address returns it unchanged (a test compares the two).
+_BARE = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
+)
+
+
+def smtp_address(address, encoding: str) -> str:
+    """sanitize_address(address, encoding), without parsing a bare ASCII address."""
+    if isinstance(address, str) and _BARE.match(address):
+        return address
+    return _sanitized(address, encoding)
+
+
+@functools.lru_cache(maxsize=256)  # the sender's address is the same for every email of a campaign
+def _sanitized(address, encoding: str) -> str:
+    return sanitize_address(address, encoding)
+
+
+class EmailBackend(smtp.EmailBackend):
+    def _send(self, email_message):
+        wire = email_message.wire_bytes() if isinstance(email_message, CampaignEmail) else None
+        if wire is None or not email_message.recipients():
+            return super()._send(email_message)
+        # As Django's _send, with the same errors for a bad address, and the bytes written directly.
+        encoding = email_message.encoding or settings.DEFAULT_CHARSET
+        from_email = smtp_address(email_message.from_email, encoding)
+        recipients = [smtp_address(addr, encoding) for addr in email_message.recipients()]
+        try:
+            self.connection.sendmail(from_email, recipients, wire)
+        except smtplib.SMTPException:
+            if not self.fail_silently:
+                raise
+            return False
+        return True
