@@ -494,3 +494,24 @@ def test_the_campaign_backend_puts_the_stock_backends_bytes_on_the_wire(world, s
     assert (ours_from, ours_to) == (stock_from, stock_to) == ("offers@shop.example", ["zoe@example.com"])
     assert _stock_masked(ours_data) == _stock_masked(stock_data)
     assert smtp.messages[1]["Subject"] == "=?utf-8?q?Zo=C3=AB=2C_these_go_with_your_order?="
+
+
+def test_a_batch_runs_as_many_statements_for_two_messages_as_for_three(
+    world, smtp, django_assert_max_num_queries
+):
+    # No statement per message: a field the claim does not load, read later, would add one per email.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from campaigns.sending import messages_due
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    ids = messages_due(campaign=c)
+    assert len(ids) == 6
+    assert messages_send(message_ids=ids[:1])["sent"] == 1  # caches filled (model, template, policy)
+    with CaptureQueriesContext(connection) as two:
+        assert messages_send(message_ids=ids[1:3])["sent"] == 2
+    with django_assert_max_num_queries(len(two)):
+        assert messages_send(message_ids=ids[3:])["sent"] == 3
+    assert len(smtp.messages) == 6
