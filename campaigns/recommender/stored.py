@@ -15,10 +15,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 
-from django.db import connection
 from django.utils import timezone
 
 from campaigns.models import ModelVersion, StoredOffers
+from customers.bulk import analyze
 from customers.models import Customer, Product
 
 from .service import CHUNK, Recommendation, active_version_id, recommend_for_customers
@@ -84,12 +84,10 @@ def offers_refresh(*, on_progress: Callable[[int, int], None] | None = None) -> 
     active = _active_now()
     if active is not None:
         StoredOffers.objects.exclude(model_version_id=active).delete()
-    if connection.vendor == "postgresql":
-        # Every row was just rewritten: until autovacuum gets round to it, the planner's statistics
-        # say that few rows have this version and it reads a batch's offers through the version index
-        # (all rows) instead of the primary key (measured: 7.3 ms against 0.8 ms for 250 customers).
-        with connection.cursor() as cursor:
-            cursor.execute(f"ANALYZE {connection.ops.quote_name(StoredOffers._meta.db_table)}")
+    # Every row was just rewritten: until autovacuum gets round to it, the planner's statistics say that
+    # few rows have this version, and a batch's offers are read through the version index (all rows)
+    # instead of by primary key (measured: 7.3 ms against 0.8 ms for 250 customers).
+    analyze(StoredOffers)
     return StoredOffers.objects.filter(model_version_id=active).count()
 
 
