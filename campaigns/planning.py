@@ -9,15 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
+import pandas as pd
 from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
+from customers.bulk import bulk_insert, with_defaults
 from customers.models import Order, OrderLine
 
-from .models import Campaign, CampaignRun, Message
+from .models import Campaign, CampaignRun, Message, new_token
 from .segments import segment_audience, segment_queryset
-
-BATCH = 5000
 
 
 def holdout_bucket(*, campaign_id: int, customer_id: int) -> int:
@@ -48,24 +48,23 @@ def _insert(campaign: Campaign, rows: list[tuple[int, int | None, dt.datetime | 
     """rows: (customer_id, trigger_order_id, send_after, mailable). Existing rows for the occasion win.
 
     The unmailable get a skipped row too, so the campaign's funnel shows how many were suppressed; the
-    holdout is drawn from the mailable only, so recipients and holdout are comparable.
+    holdout is drawn from the mailable only, so recipients and holdout are comparable. One COPY, not
+    model instances: a 100,000-recipient campaign spent most of its planning in bulk_create.
     """
-    for start in range(0, len(rows), BATCH):
-        messages = []
-        for customer_id, order_id, send_after, mailable in rows[start : start + BATCH]:
-            status, reason = _status(campaign, customer_id, mailable)
-            messages.append(
-                Message(
-                    campaign=campaign,
-                    run=run,
-                    customer_id=customer_id,
-                    trigger_order_id=order_id,
-                    send_after=send_after,
-                    status=status,
-                    skip_reason=reason,
-                )
-            )
-        Message.objects.bulk_create(messages, ignore_conflicts=True)
+    if not rows:
+        return
+    statuses = [_status(campaign, customer_id, mailable) for customer_id, _, _, mailable in rows]
+    frame = pd.DataFrame(
+        {
+            "customer_id": [r[0] for r in rows],
+            "trigger_order_id": pd.array([r[1] for r in rows], dtype="Int64"),
+            "send_after": pd.to_datetime([r[2] for r in rows], utc=True),
+            "status": [status for status, _ in statuses],
+            "skip_reason": [reason for _, reason in statuses],
+            "token": [new_token() for _ in rows],
+        }
+    )
+    bulk_insert(Message, with_defaults(Message, frame, campaign=campaign, run=run), ignore_conflicts=True)
 
 
 def campaign_plan(

@@ -6,12 +6,13 @@ lines that dominates an import. These helpers take a DataFrame whose columns are
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-from django.db import connection, models
+from django.db import connection, models, transaction
 
 
 def _is_postgres() -> bool:
@@ -37,31 +38,66 @@ def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def bulk_insert(model: type[models.Model], frame: pd.DataFrame) -> int:
-    """Insert every row of frame into model's table; returns the number of rows."""
+def bulk_insert(model: type[models.Model], frame: pd.DataFrame, *, ignore_conflicts: bool = False) -> int:
+    """Insert every row of frame into model's table; returns the number of rows given.
+
+    With ignore_conflicts a row that would break a unique constraint is left out, as with
+    bulk_create(ignore_conflicts=True): on PostgreSQL the rows are copied into a temporary table first,
+    then moved by one INSERT … ON CONFLICT DO NOTHING (COPY itself cannot skip a row)."""
     if frame.empty:
         return 0
     table = connection.ops.quote_name(model._meta.db_table)
     cols = ", ".join(connection.ops.quote_name(c) for c in frame.columns)
-    with connection.cursor() as cursor:
+    # The temporary table lives in a transaction: a failed copy leaves nothing behind.
+    with (
+        transaction.atomic() if ignore_conflicts else contextlib.nullcontext(),
+        connection.cursor() as cursor,
+    ):
         if _is_postgres():
+            target = table
+            if ignore_conflicts:
+                target = connection.ops.quote_name(f"incoming_{model._meta.db_table}")
+                cursor.execute(f"CREATE TEMPORARY TABLE {target} AS SELECT {cols} FROM {table} WITH NO DATA")
             options = "FORMAT csv"
             text = _text_columns(model, frame.columns)
             if text:
                 # An unquoted empty field is NULL in COPY csv; blank text columns must stay ''.
                 options += ", FORCE_NOT_NULL (" + ", ".join(connection.ops.quote_name(c) for c in text) + ")"
-            with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN WITH ({options})") as copy:
+            with cursor.cursor.copy(f"COPY {target} ({cols}) FROM STDIN WITH ({options})") as copy:
                 # Small slices: the server parses and indexes one while the next is being formatted.
                 for part in _slices(frame, 25_000):
                     buffer = io.StringIO()
                     _prepare(part).to_csv(buffer, header=False, index=False)
                     copy.write(buffer.getvalue())
+            if ignore_conflicts:
+                cursor.execute(
+                    f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {target} ON CONFLICT DO NOTHING"
+                )
+                cursor.execute(f"DROP TABLE {target}")
         else:
             frame = _prepare(frame)
             marks = ", ".join(["%s"] * len(frame.columns))
             rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
-            cursor.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", list(rows))
+            verb = "INSERT OR IGNORE" if ignore_conflicts else "INSERT"
+            cursor.executemany(f"{verb} INTO {table} ({cols}) VALUES ({marks})", list(rows))
     return len(frame)
+
+
+def with_defaults(model: type[models.Model], frame: pd.DataFrame, **fields) -> pd.DataFrame:
+    """frame plus a column for every other field of model (not the primary key), each holding what
+    the ORM would insert for `model(**fields)`: the given values, defaults, auto_now timestamps."""
+    prototype = model(**fields)
+    out = frame.copy()
+    for field in model._meta.concrete_fields:
+        if field.primary_key or field.column in out.columns or field.has_db_default():
+            continue  # the database fills a db_default
+        if field.has_default() and callable(field.default) and not {field.name, field.attname} & set(fields):
+            # One value for every row would be wrong for a token or any other value meant to differ.
+            raise ValueError(
+                f"{model.__name__}.{field.name}: give its column per row (its default is computed)"
+            )
+        out[field.column] = field.get_db_prep_save(field.pre_save(prototype, add=True), connection)
+    return out
 
 
 def bulk_insert_keyed(model: type[models.Model], frame: pd.DataFrame, key: str) -> dict[str, int]:

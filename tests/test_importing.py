@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from django.core.management import CommandError, call_command
 
+from customers.bulk import bulk_insert, with_defaults
 from customers.importing import ImportFailed, customers_import, orders_import, products_import
 from customers.models import Customer, Order, OrderLine, Product
 
@@ -615,3 +616,21 @@ def test_a_slice_of_the_real_export(tmp_path, online_retail_dir):
     again = orders_import(path=path)
     assert again.counts["orders_unchanged"] == Order.objects.count()
     assert again.counts["order_lines_written"] == 0
+
+
+def test_a_bulk_insert_can_leave_out_the_rows_that_break_a_unique_constraint(db):
+    Product.objects.create(sku="A", name="kept")
+    frame = with_defaults(Product, pd.DataFrame({"sku": ["A", "B", "C"], "name": ["new", "b", "c"]}))
+    assert bulk_insert(Product, frame, ignore_conflicts=True) == 3
+    assert dict(Product.objects.values_list("sku", "name")) == {"A": "kept", "B": "b", "C": "c"}
+    b = Product.objects.get(sku="B")
+    assert (b.active, b.currency, b.price, b.units_sold) == (True, "", None, 0)  # defaults, a db_default
+    bulk_insert(Product, frame, ignore_conflicts=True)  # again: nothing new, and no table left behind
+    assert Product.objects.count() == 3
+
+
+def test_defaults_are_not_given_for_a_field_whose_default_differs_per_row():
+    from campaigns.models import Message
+
+    with pytest.raises(ValueError, match="Message.token"):
+        with_defaults(Message, pd.DataFrame({"customer_id": [1, 2]}))
