@@ -20,8 +20,8 @@ and `pip install "django-post-office>=3.9,<4"` for (b). In one run it
    cap (2 per 7 days, 24 h gap) does not skip anyone twice;
 3. in-memory pipeline: one process, locmem backend (outbox cleared after every batch), emails/s;
 4. the limit: N copies of one email rendered in step 3, built with the pipeline's email class and
-   pushed by Django's SMTP backend (send_messages in chunks of 1,000) over one connection to the
-   sink, emails/s;
+   pushed by the SMTP backend EMAIL_URL selects (the pipeline's: campaigns.sending.backend) with
+   send_messages in chunks of 1,000 over one connection to the sink, emails/s;
 5. end to end: a second campaign planned (timed) and sent by --workers processes, each calling
    messages_send on its share of the batches over SMTP to the sink; emails/s with and without planning;
 6. django-post-office (own database, recreated): queue N templated emails with post_office.mail.send
