@@ -30,16 +30,19 @@ def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
         col = out[name]
         if pd.api.types.is_datetime64_any_dtype(col):
             col = col.dt.tz_convert("UTC") if col.dt.tz is not None else col
-            # SQLite stores Django datetimes as naive UTC text; PostgreSQL parses ISO with offset.
-            fmt = "%Y-%m-%d %H:%M:%S.%f+00:00" if _is_postgres() else "%Y-%m-%d %H:%M:%S.%f"
-            out[name] = col.dt.strftime(fmt)
+            if _is_postgres():
+                out[name] = col.dt.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")  # ISO with its offset
+            else:
+                # SQLite compares datetimes as text: write them as the ORM does (str() of naive UTC,
+                # without ".000000" on a whole second), or a lookup can miss an equal value.
+                out[name] = [None if pd.isna(v) else str(v.tz_localize(None).to_pydatetime()) for v in col]
         elif pd.api.types.is_bool_dtype(col):
             out[name] = col.map({True: "t", False: "f"}) if _is_postgres() else col.astype(int)
     return out
 
 
 def bulk_insert(model: type[models.Model], frame: pd.DataFrame, *, ignore_conflicts: bool = False) -> int:
-    """Insert every row of frame into model's table; returns the number of rows given.
+    """Insert every row of frame into model's table; returns the number of rows inserted.
 
     With ignore_conflicts a row that would break a unique constraint is left out, as with
     bulk_create(ignore_conflicts=True): on PostgreSQL the rows are copied into a temporary table first,
@@ -73,19 +76,24 @@ def bulk_insert(model: type[models.Model], frame: pd.DataFrame, *, ignore_confli
                 cursor.execute(
                     f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {target} ON CONFLICT DO NOTHING"
                 )
+                inserted = cursor.rowcount
                 cursor.execute(f"DROP TABLE {target}")
+                return inserted
         else:
             frame = _prepare(frame)
             marks = ", ".join(["%s"] * len(frame.columns))
             rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
             verb = "INSERT OR IGNORE" if ignore_conflicts else "INSERT"
             cursor.executemany(f"{verb} INTO {table} ({cols}) VALUES ({marks})", list(rows))
+            if ignore_conflicts:
+                return cursor.rowcount
     return len(frame)
 
 
 def with_defaults(model: type[models.Model], frame: pd.DataFrame, **fields) -> pd.DataFrame:
-    """frame plus a column for every other field of model (not the primary key), each holding what
-    the ORM would insert for `model(**fields)`: the given values, defaults, auto_now timestamps."""
+    """frame plus a column for every other field of model (not the primary key, not a db_default), each
+    holding what the ORM would insert for `model(**fields)`: the given values, defaults, auto_now
+    timestamps. For scalar columns (numbers, text, booleans, timestamps), what bulk_insert writes."""
     prototype = model(**fields)
     out = frame.copy()
     for field in model._meta.concrete_fields:

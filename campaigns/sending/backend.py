@@ -18,35 +18,40 @@ from django.core.mail.message import sanitize_address
 
 from .mime import CampaignEmail
 
-# A bare address whose local part is a dot-atom and whose domain is ASCII letters, digits and hyphens
-# in labels of at most 63: sanitize_address returns it unchanged (a test compares the two).
+# A bare address whose local part is a dot-atom (not an RFC 2047 encoded word, which the parser
+# decodes) and whose domain is ASCII letters, digits and hyphens in labels of at most 63:
+# sanitize_address returns it unchanged (a test compares the two).
 _BARE = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"(?!=\?)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
 )
 
 
 def smtp_address(address, encoding: str) -> str:
     """sanitize_address(address, encoding), without parsing a bare ASCII address."""
-    if isinstance(address, str) and _BARE.match(address):
+    if type(address) is not str or type(encoding) is not str:
+        return sanitize_address(address, encoding)  # a lazy string or a tuple: not a cache key
+    if _BARE.match(address):
         return address
     return _sanitized(address, encoding)
 
 
 @functools.lru_cache(maxsize=256)  # the sender's address is the same for every email of a campaign
-def _sanitized(address, encoding: str) -> str:
+def _sanitized(address: str, encoding: str) -> str:
     return sanitize_address(address, encoding)
 
 
 class EmailBackend(smtp.EmailBackend):
     def _send(self, email_message):
-        wire = email_message.wire_bytes() if isinstance(email_message, CampaignEmail) else None
-        if wire is None or not email_message.recipients():
+        if not isinstance(email_message, CampaignEmail) or not email_message.recipients():
             return super()._send(email_message)
-        # As Django's _send, with the same errors for a bad address, and the bytes written directly.
+        # As Django's _send, in the same order (the same error first), with the bytes written directly.
         encoding = email_message.encoding or settings.DEFAULT_CHARSET
         from_email = smtp_address(email_message.from_email, encoding)
         recipients = [smtp_address(addr, encoding) for addr in email_message.recipients()]
+        wire = email_message.wire_bytes()
+        if wire is None:
+            return super()._send(email_message)
         try:
             self.connection.sendmail(from_email, recipients, wire)
         except smtplib.SMTPException:

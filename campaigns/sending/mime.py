@@ -10,13 +10,14 @@ for a multipart message without a boundary it compiles a new regular expression 
   from the pooled random bytes (models.random_bytes) instead of a system call per email, which released
   the GIL and left the courier's thread waiting to get it back from the composing one.
 
-Everything else (Django's header-injection checks, address and subject encoding, the parts' charset
-and transfer encoding) is Django's and the stdlib's, unchanged.
+In message() everything else (Django's header-injection checks, address and subject encoding, the
+parts' charset and transfer encoding) is Django's and the stdlib's, unchanged.
 
-Over SMTP the MIME tree is not built at all for the email a campaign sends (a text and an HTML part in
-UTF-8 with lines SMTP takes as they are): wire_bytes() writes the bytes message().as_bytes() would, each
-header through Django's checks and the same policy's fold, which took a third of the CPU per email
-(tests compare the two on generated emails). Any other email takes the stock path.
+Over SMTP (campaigns.sending.backend) the MIME tree is not built at all for the email a campaign sends,
+a text and an HTML part in UTF-8 with lines SMTP takes as they are: wire_bytes() writes the bytes
+message().as_bytes() would, each header through Django's checks and the same policy's fold (tests
+compare the two on generated emails). Building and serialising the tree took more CPU per email than
+rendering it. Any other email takes the stock path.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class CampaignEmail(EmailMultiAlternatives):
         parts = [("plain", self.body)] if self.body else []  # Django leaves out an empty text part
         parts += [(a[1].partition("/")[2], a[0]) for a in self.alternatives]
         if (
-            encoding != "utf-8"  # Django's 8-bit UTF-8 charset is chosen for exactly this spelling
+            not (type(encoding) is str and encoding == "utf-8")  # Django's 8-bit UTF-8 charset: this spelling
+            or "content-type" in {key.lower() for key in self.extra_headers}  # set_boundary() rewrites it
             or self.attachments
             or self.content_subtype != "plain"
             or self.alternative_subtype != "alternative"
@@ -121,7 +123,9 @@ class CampaignEmail(EmailMultiAlternatives):
         return b"".join(out)
 
 
-@functools.lru_cache(maxsize=512)  # most of a campaign's headers (From, MIME-Version, …) repeat
+# From, MIME-Version, List-Unsubscribe-Post, X-Xsell-Campaign and often Subject repeat in every email
+# of a campaign; the per-message ones (To, Date, Message-ID, List-Unsubscribe) only pass through.
+@functools.lru_cache(maxsize=512)
 def _header(name: str, value: str, encoding: str) -> bytes:
     """One header as SafeMIMEMultipart stores it (Django's checks and encoding) and as_bytes() writes it."""
     if name.lower() == "subject" and len(value) <= 78 and _PLAIN.match(value):
