@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 
+from django.db.models import F, Q
 from django.utils import timezone
 
 from campaigns.models import ModelVersion, StoredOffers
@@ -96,13 +97,14 @@ def _usable(
 ) -> list | None:
     """The stored offers that answer this question (active products, score and category filters), or
     None when they cannot: fewer than k left of a full list, whose lower-ranked candidates were not kept."""
-    kept = [
-        Recommendation(pid, score, reason, version)
-        for pid, score, reason in offers
-        if pid in products and score >= min_score and (wanted is None or products[pid] in wanted)
-    ]
+    kept = []
+    for pid, score, reason in offers:
+        if pid in products and score >= min_score and (wanted is None or products[pid] in wanted):
+            kept.append(Recommendation(pid, score, reason, version))
+            if len(kept) == k:
+                return kept
     # A list shorter than STORED_K held every candidate the model had: then fewer than k is the answer.
-    return kept[:k] if len(kept) >= k or len(offers) < STORED_K else None
+    return kept if len(offers) < STORED_K else None
 
 
 def _from_store(
@@ -117,20 +119,21 @@ def _from_store(
     rows = list(
         StoredOffers.objects.filter(
             customer_id__in=customer_ids, model_version_id=version, computed_at__gt=now - MAX_AGE
-        ).values_list("customer_id", "computed_at", "offers", "customer__last_order_at")
+        )
+        .filter(Q(customer__last_order_at__isnull=True) | Q(computed_at__gte=F("customer__last_order_at")))
+        .values_list("customer_id", "offers")
     )
     products = dict(
-        Product.objects.filter(pk__in={o[0] for row in rows for o in row[2]}, active=True).values_list(
+        Product.objects.filter(pk__in={o[0] for row in rows for o in row[1]}, active=True).values_list(
             "pk", "category"
         )
     )
     wanted = set(categories) if categories else None
     found = {}
-    for customer, computed_at, offers, last_order_at in rows:
-        if last_order_at is None or computed_at >= last_order_at:
-            kept = _usable(offers, version, products, k, min_score, wanted)
-            if kept is not None:
-                found[customer] = kept
+    for customer, offers in rows:
+        kept = _usable(offers, version, products, k, min_score, wanted)
+        if kept is not None:
+            found[customer] = kept
     return found
 
 
