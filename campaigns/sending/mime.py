@@ -74,11 +74,12 @@ class CampaignEmail(EmailMultiAlternatives):
         campaigns send; None for any other. The steps mirror EmailMessage.message() (Django 5.2) and the
         stdlib's BytesGenerator: the headers in the same order, the parts as SafeMIMEText makes them."""
         encoding = self.encoding or settings.DEFAULT_CHARSET
+        names = {key.lower() for key in self.extra_headers}
         parts = [("plain", self.body)] if self.body else []  # Django leaves out an empty text part
         parts += [(a[1].partition("/")[2], a[0]) for a in self.alternatives]
         if (
             not (type(encoding) is str and encoding == "utf-8")  # Django's 8-bit UTF-8 charset: this spelling
-            or "content-type" in {key.lower() for key in self.extra_headers}  # set_boundary() rewrites it
+            or "content-type" in names  # set_boundary() rewrites it
             or self.attachments
             or self.content_subtype != "plain"
             or self.alternative_subtype != "alternative"
@@ -97,7 +98,6 @@ class CampaignEmail(EmailMultiAlternatives):
                 headers.append((name, self.extra_headers[name]))
             elif values:
                 headers.append((name, ", ".join(str(v) for v in values)))
-        names = {key.lower() for key in self.extra_headers}
         if "date" not in names:
             headers.append(("Date", formatdate(localtime=settings.EMAIL_USE_LOCALTIME)))
         if "message-id" not in names:
