@@ -32,6 +32,7 @@ MAX_POWER_BITS = 4096
 MAX_REPEAT = 10_000  # 'x' * n
 
 LAYOUT_DIR = Path(settings.BASE_DIR) / "templates"
+_DICT_ATTRIBUTES = frozenset(dir(dict))  # every name getattr() finds on a plain dict
 _budget: contextvars.ContextVar[list[int]] = contextvars.ContextVar("range_budget")
 
 
@@ -43,6 +44,18 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     """The stock sandbox blocks attribute tricks; this also bounds arithmetic and loops."""
 
     intercepted_binops = frozenset({"**", "*"})
+
+    def getattr(self, obj, attribute):
+        # The render context is plain dicts. For one, getattr() raises AttributeError for any name that
+        # is not an attribute of dict, and the stock sandbox then looks the key up: do that directly, the
+        # same result without raising and catching an exception per `offer.name` (a profile put the
+        # stock method at the top of rendering). Any other object, or a dict attribute's name, as before.
+        if type(obj) is dict and type(attribute) is str and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context, operator, left, right):
         if operator == "**" and isinstance(right, int | float):

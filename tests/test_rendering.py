@@ -115,3 +115,26 @@ def test_layouts_filled_once_per_process_equal_a_full_render(footer):
     text = layout_fill("email/base.txt", body="Tea & <cake>", **footer)
     assert text == LAYOUT_ENV.get_template("email/base.txt").render(body="Tea & <cake>", **footer)
     assert "Tea & <cake>" in text
+
+
+def test_attribute_lookup_on_plain_dicts_is_the_stock_sandboxes():
+    # rendering's sandbox looks a plain dict's key up without trying getattr() first: for every name,
+    # what a template gets must be what the stock sandbox gives (values, and undefined for the rest).
+    from jinja2 import StrictUndefined, Undefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from campaigns.rendering import HTML_ENV
+
+    stock = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+    data = {"name": "Case", "items": "a key named like a method", "__class__": "x", "price": None, 3: "int"}
+    names = [*dir(dict), "name", "items", "price", "missing", "__dict__", "__mro__", "mro", "__globals__"]
+    for obj in (data, {}, sample_context()["customer"], ["a"], "text"):
+        for name in names:
+            ours, theirs = HTML_ENV.getattr(obj, name), stock.getattr(obj, name)
+            if isinstance(theirs, Undefined):
+                assert type(ours) is type(theirs) and ours._undefined_hint == theirs._undefined_hint, name
+            else:
+                assert ours == theirs, name
+    html = email_render(subject="s", html="{{ d.items }} {{ d.name }}", text="t", context={"d": data}).html
+    assert "a key named like a method" not in html  # getattr first, as in the stock sandbox: the method
+    assert "Case" in html

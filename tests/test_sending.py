@@ -10,6 +10,7 @@ from campaigns.lifecycle import campaign_batches, campaign_start, recurring_run
 from campaigns.models import Campaign, Message, Offer
 from campaigns.planning import holdout_bucket
 from campaigns.sending import messages_send, messages_sweep_stuck
+from campaigns.sending.backend import outbox
 from campaigns.tasks import dispatch, send_batch
 from customers.models import Customer
 
@@ -494,6 +495,32 @@ def test_the_campaign_backend_puts_the_stock_backends_bytes_on_the_wire(world, s
     assert (ours_from, ours_to) == (stock_from, stock_to) == ("offers@shop.example", ["zoe@example.com"])
     assert _stock_masked(ours_data) == _stock_masked(stock_data)
     assert smtp.messages[1]["Subject"] == "=?utf-8?q?Zo=C3=AB=2C_these_go_with_your_order?="
+    # The in-memory backend keeps what the SMTP backend sends: the same envelope and bytes.
+    outbox.clear()
+    with get_connection("campaigns.sending.backend.MemoryBackend") as connection:
+        assert connection.send_messages([email()]) == 1
+    [(kept_from, kept_to, kept_data)] = outbox
+    assert (kept_from, kept_to) == (stock_from, stock_to)
+    assert _stock_masked(kept_data) == _stock_masked(stock_data)
+    outbox.clear()
+
+
+def test_the_memory_backend_refuses_what_the_smtp_backend_refuses(world):
+    from django.core.mail import BadHeaderError, get_connection
+
+    from campaigns.sending.mime import CampaignEmail
+
+    outbox.clear()
+    email = CampaignEmail(
+        subject="Hi\nBcc: x@example.com", body="b", from_email="o@shop.example", to=["a@example.com"]
+    )
+    email.attach_alternative("<p>b</p>", "text/html")
+    with (
+        get_connection("campaigns.sending.backend.MemoryBackend") as connection,
+        pytest.raises(BadHeaderError),
+    ):
+        connection.send_messages([email])
+    assert outbox == []
 
 
 def test_a_batch_runs_as_many_statements_for_two_messages_as_for_three(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import re
 import smtplib
+from email.utils import parseaddr
+from typing import NamedTuple
 
 from django.conf import settings
 from django.core.mail.backends import smtp
@@ -59,3 +61,37 @@ class EmailBackend(smtp.EmailBackend):
                 raise
             return False
         return True
+
+
+class Envelope(NamedTuple):
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+
+outbox: list[Envelope] = []  # what MemoryBackend "sent", oldest first; whoever reads it clears it
+
+
+class _MemoryConnection:
+    """Stands in for smtplib.SMTP: keeps what would have been sent."""
+
+    def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()) -> dict:
+        # The addresses as smtplib puts them in MAIL FROM and RCPT TO (it parses each one too).
+        outbox.append(Envelope(parseaddr(from_addr)[1], [parseaddr(a)[1] for a in to_addrs], msg))
+        return {}  # no recipient refused
+
+
+class MemoryBackend(EmailBackend):
+    """This backend with the network left out: each email becomes the envelope and bytes the SMTP
+    backend would send (the same checks and serialisation), kept in `outbox`. Measures the sending
+    pipeline alone, as it runs over SMTP; Django's locmem backend instead builds the MIME tree of every
+    email (message()) and keeps a deep copy of it, work the SMTP path never does."""
+
+    def open(self) -> bool:
+        if self.connection is not None:
+            return False
+        self.connection = _MemoryConnection()
+        return True
+
+    def close(self) -> None:
+        self.connection = None

@@ -21,7 +21,7 @@ from customers.models import Product
 from ..models import Campaign, Message, Offer, TrackedLink, new_token
 from ..recommender.stored import offers_for_customers
 from ..rendering import RenderedEmail, RenderError, email_render, pages_inline
-from ..tokens import public_url
+from ..tokens import PublicUrls
 from .mime import CampaignEmail
 
 PRODUCT_FIELDS = ("id", "sku", "name", "price", "currency", "category", "image_url", "product_url")
@@ -184,7 +184,7 @@ def links_store(rows: list[tuple]) -> None:
         bulk_insert(TrackedLink, frame)
 
 
-def _context(message: Message, offers: list[OfferDraft]) -> dict:
+def _context(message: Message, offers: list[OfferDraft], public_url: PublicUrls) -> dict:
     customer = message.customer
     order = message.trigger_order
     return {
@@ -239,9 +239,10 @@ def messages_build(
     """The emails of a chunk of claimed messages, the rows of their other links, and the messages that
     failed to render (with why). CSS is inlined for the whole chunk in one call (rendering.pages_inline)."""
     rendered, failed = [], []
+    urls = PublicUrls()
     for message in messages:
         try:
-            rendered.append((message, *_message_render(message, offers[message.pk])))
+            rendered.append((message, *_message_render(message, offers[message.pk], urls)))
         except RenderError as exc:
             failed.append((message, exc))
     try:
@@ -257,12 +258,14 @@ def messages_build(
     ready, links = [], []
     for (message, parts, message_links), page in zip(rendered, pages, strict=True):
         if page is not None:
-            ready.append((message, _email(message, parts, page)))
+            ready.append((message, _email(message, parts, page, urls)))
             links += message_links
     return ready, links, failed
 
 
-def _message_render(message: Message, offers: list[OfferDraft]) -> tuple[RenderedEmail, list[tuple]]:
+def _message_render(
+    message: Message, offers: list[OfferDraft], public_url: PublicUrls
+) -> tuple[RenderedEmail, list[tuple]]:
     """The three parts of one claimed message (CSS not inlined yet) and the rows of its other links."""
     template = message.campaign.template
     links: list[tuple] = []
@@ -279,7 +282,7 @@ def _message_render(message: Message, offers: list[OfferDraft]) -> tuple[Rendere
     links.append((message.pk, None, honeypot, site, True))
     unsubscribe = public_url("unsubscribe", message.token, "unsubscribe")
     preferences = public_url("preferences", message.token, "preferences")
-    context = _context(message, offers)
+    context = _context(message, offers, public_url)
     context["unsubscribe_url"], context["preferences_url"] = unsubscribe, preferences
     footer = {
         "unsubscribe_url": unsubscribe,
@@ -300,7 +303,7 @@ def _message_render(message: Message, offers: list[OfferDraft]) -> tuple[Rendere
     return rendered, links
 
 
-def _email(message: Message, rendered: RenderedEmail, page: str) -> CampaignEmail:
+def _email(message: Message, rendered: RenderedEmail, page: str, public_url: PublicUrls) -> CampaignEmail:
     """The email of one message (three parts, list headers), its HTML part being `page`."""
     campaign = message.campaign
     domain = mail_domain()
