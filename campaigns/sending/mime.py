@@ -37,15 +37,54 @@ from ..models import random_bytes
 _PLAIN = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*\Z")
 
 
+# Every character but those the fold looks at (it splits at spaces, preferring after ";" and ","): two
+# values with the same skeleton are folded at the same places.
+_SKELETON = str.maketrans({chr(c): "x" for c in range(0x21, 0x7F) if chr(c) not in ";,"})
+
+
 class _Policy(Compat32):
     def _fold(self, name, value, sanitize):
-        if (
-            isinstance(value, str)
-            and len(name) + 2 + len(value) <= (self.max_line_length or 78)
-            and _PLAIN.match(value)
-        ):
-            return f"{name}: {value}{self.linesep}"
+        if isinstance(value, str) and _PLAIN.match(value):
+            if len(name) + 2 + len(value) <= (self.max_line_length or 78):
+                return f"{name}: {value}{self.linesep}"
+            # A long plain header (List-Unsubscribe: two URLs with the message's token) is folded at
+            # the places compat32 folds its skeleton, found once per campaign instead of per email.
+            plan = self._fold_plan(name, value.translate(_SKELETON))
+            if plan is not None:
+                return "".join(piece if type(piece) is str else value[piece[0] : piece[1]] for piece in plan)
         return super()._fold(name, value, sanitize)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - two module-level policies, kept for the process
+    def _fold_plan(self, name: str, skeleton: str) -> tuple | None:
+        """compat32's fold of the skeleton as inserted strings and (start, end) ranges of the value; None
+        if the fold did more than insert line breaks and spaces (then the value is folded as usual)."""
+        folded, plan, i, start = super()._fold(name, skeleton, False), [], 0, 0
+        head = f"{name}: "
+        if not folded.startswith(head):
+            return None
+        k = len(head)
+        plan.append(head)
+        while k < len(folded):
+            if i < len(skeleton) and folded[k] == skeleton[i]:
+                i, k = i + 1, k + 1
+                continue
+            if i > start:
+                plan.append((start, i))
+            at_fold_point = i in (0, len(skeleton)) or skeleton[i] == " "  # before a space, or at an end
+            if at_fold_point and folded.startswith(self.linesep, k):
+                plan.append(self.linesep)
+                k += len(self.linesep)
+            elif i == 0 and folded[k] == " " and plan[-1] == self.linesep:
+                plan.append(" ")  # the first word moved below the header name gets a space before it
+                k += 1
+            else:
+                return None
+            start = i
+        if i != len(skeleton):
+            return None
+        if i > start:
+            plan.append((start, i))
+        return tuple(plan)
 
 
 POLICY = _Policy()
