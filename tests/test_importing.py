@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from django.core.management import CommandError, call_command
 
-from customers.bulk import bulk_insert, with_defaults
+from customers.bulk import bulk_insert, copy_rows, with_defaults
 from customers.importing import ImportFailed, customers_import, orders_import, products_import
 from customers.models import Customer, Order, OrderLine, Product
 
@@ -650,3 +650,25 @@ def test_a_bulk_inserted_timestamp_is_found_by_an_equal_lookup(db):
         "W"
     ]
     assert Customer.objects.get(last_order_at=fraction).external_id == "F"
+
+
+def test_copied_rows_keep_their_values_nulls_and_awkward_text(db):
+    from campaigns.models import TrackedLink
+    from campaigns.sending.compose import LINK_COLUMNS
+
+    from .campaign_fixtures import campaign, shop
+
+    world = shop(recipients=1, history=0)
+    c = campaign(template=world["template"], segment=world["segment"])
+    message = c.messages.create(customer=world["recipients"][0])
+    awkward = "https://shop.example/p?a=1&b=\\N\ttab\nline\\\\ 'q' \"d\" ö"
+    copy_rows(
+        TrackedLink,
+        LINK_COLUMNS,
+        [(message.pk, None, "t1", awkward, False), (message.pk, None, "t2", "", True)],
+    )
+    copy_rows(TrackedLink, LINK_COLUMNS, [])
+    rows = list(
+        TrackedLink.objects.order_by("token").values_list(*[c.removesuffix("_id") for c in LINK_COLUMNS])
+    )
+    assert rows == [(message.pk, None, "t1", awkward, False), (message.pk, None, "t2", "", True)]

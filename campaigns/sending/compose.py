@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import pandas as pd
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import connection
 from django.utils import timezone
 
-from customers.bulk import bulk_insert
+from customers.bulk import copy_rows
 from customers.models import Product
 
 from ..models import Campaign, Message, Offer, TrackedLink, new_token
@@ -178,10 +177,7 @@ def _offers_insert(rows: list[tuple]) -> dict[str, int]:
 
 def links_store(rows: list[tuple]) -> None:
     """Store tracked links (rows of LINK_COLUMNS) in one COPY: before any email with them goes out."""
-    if rows:
-        frame = pd.DataFrame(rows, columns=LINK_COLUMNS)
-        frame["offer_id"] = frame["offer_id"].astype("Int64")
-        bulk_insert(TrackedLink, frame)
+    copy_rows(TrackedLink, LINK_COLUMNS, rows)
 
 
 def _context(message: Message, offers: list[OfferDraft], public_url: PublicUrls) -> dict:
