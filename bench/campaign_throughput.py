@@ -1,7 +1,7 @@
 """Campaign throughput: the whole pipeline over SMTP, beside the SMTP limit and django-post-office.
 
     .venv/bin/python bench/campaign_throughput.py [--recipients 100000] [--workers 1] [--skip-postoffice]
-        [--stored-offers]
+        [--stored-offers] [--skip-locmem]
         [--database xsell_bench_send] [--postoffice-database xsell_bench_postoffice] [--profile]
 
 Needs a prepared shop database (a copy of a generate_demo_data shop, migrated, with an active model):
@@ -18,7 +18,10 @@ and `pip install "django-post-office>=3.9,<4"` for (b). In one run it
    segment of the consenting, so each one-off campaign (holdout 0, 3 offers, the demo template) plans
    exactly that many messages; earlier bench campaigns' claims are moved 30 days back so the frequency
    cap (2 per 7 days, 24 h gap) does not skip anyone twice;
-3. in-memory pipeline: one process, locmem backend (outbox cleared after every batch), emails/s;
+3. in-memory pipeline: one process, emails/s, with the campaign backend's MemoryBackend (the SMTP
+   backend with the network left out: the same checks and bytes, kept in a list cleared after every
+   batch), then (unless --skip-locmem) with Django's locmem backend, which builds every email's MIME
+   tree and keeps a deep copy of it, work the SMTP path does not do;
 4. the limit: N copies of one email rendered in step 3, built with the pipeline's email class and
    pushed by the SMTP backend EMAIL_URL selects (the pipeline's: campaigns.sending.backend) with
    send_messages in chunks of 1,000 over one connection to the sink, emails/s;
@@ -48,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER = "postgres://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379/10"
 LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
+MEMORY = "campaigns.sending.backend.MemoryBackend"  # the SMTP backend with the network left out
 SMTP_CHUNK = 1000
 SEGMENT = "Bench: consenting customers"
 TEMPLATE = "Bench: add-ons"
@@ -203,7 +207,7 @@ def worker_send(*, database_url, email_url, email_backend, batches, barrier, res
     from django.core import mail
 
     from campaigns.recommender import recommend_for_customers
-    from campaigns.sending import messages_send
+    from campaigns.sending import backend, messages_send
     from customers.models import Customer
 
     recommend_for_customers(
@@ -223,11 +227,12 @@ def worker_send(*, database_url, email_url, email_backend, batches, barrier, res
     for ids in batches:
         for name, n in messages_send(message_ids=ids).items():
             totals[name] = totals.get(name, 0) + n
-        if email_backend == LOCMEM:
-            outbox = getattr(mail, "outbox", [])
-            if sample is None and outbox:
-                sample = email_parts(outbox[0])
-            outbox.clear()  # bounded memory
+        if email_backend == MEMORY:
+            if sample is None and backend.outbox:
+                sample = email_parts(backend.outbox[0].data)
+            backend.outbox.clear()  # bounded memory
+        elif email_backend == LOCMEM:
+            getattr(mail, "outbox", []).clear()
     if profiler:
         profiler.disable()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -243,14 +248,28 @@ def worker_send(*, database_url, email_url, email_backend, batches, barrier, res
     results.put({"totals": totals, "seconds": seconds, "cpu": cpu, "sample": sample, "profile": profile_text})
 
 
-def email_parts(email) -> dict:
+def email_parts(data: bytes) -> dict:
+    """The parts of an email the pipeline sent (its bytes), to build the same email again."""
+    import email
+    from email import policy
+
+    parsed = email.message_from_bytes(data, policy=policy.default)
     return {
-        "subject": email.subject,
-        "body": email.body,
-        "from_email": email.from_email,
-        "to": list(email.to),
-        "headers": dict(email.extra_headers),
-        "html": email.alternatives[0][0],
+        "subject": str(parsed["Subject"]),
+        "body": parsed.get_body(("plain",)).get_content(),
+        "from_email": str(parsed["From"]),
+        "to": [str(parsed["To"])],
+        "headers": {
+            name: str(parsed[name])
+            for name in (
+                "Message-ID",
+                "List-Unsubscribe",
+                "List-Unsubscribe-Post",
+                "X-Xsell-Campaign",
+                "X-Xsell-Message",
+            )
+        },
+        "html": parsed.get_body(("html",)).get_content(),
     }
 
 
@@ -407,6 +426,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--skip-postoffice", action="store_true")
     parser.add_argument(
+        "--skip-locmem", action="store_true", help="leave out the in-memory run with Django's locmem backend"
+    )
+    parser.add_argument(
         "--batch-size", type=int, default=0, help="SEND_BATCH_SIZE for planning (default: the setting's)"
     )
     parser.add_argument(
@@ -475,29 +497,34 @@ def main() -> None:
         row["sink"] = counter.value - row["sink_before"]
 
     try:
-        # In-memory pipeline (also renders the typical email the limit pushes).
-        audience_prepare(recipients=n)
-        row = step("in-memory pipeline, 1 process")
-        campaign = campaign_new(label="in-memory")
-        batches, plan_seconds = campaign_plan_timed(campaign=campaign)
-        out = pipeline_run(
-            database_url=database_url,
-            email_url="",
-            email_backend=LOCMEM,
-            batches=batches,
-            workers=1,
-            profile=args.profile,
-        )
-        done(row, out["totals"].get("sent", 0), out["seconds"])
-        row["note"] = (
-            f"plan {plan_seconds:.1f} s not included; worker CPU {out['cpu']:.1f} s "
-            f"({row['emails'] / out['cpu']:,.0f} emails per CPU-second); {out['totals']}"
-        )
-        print(f"in-memory: {row}")
-        if args.profile:
-            print(out["profile"])
-            return
-        sample = out["sample"]
+        # In-memory pipeline: the campaign backend with the network left out (also renders the typical
+        # email the limit pushes), then Django's locmem backend for comparison.
+        sample = None
+        for label, email_backend in (("campaign backend", MEMORY), ("Django's locmem", LOCMEM)):
+            if email_backend == LOCMEM and args.skip_locmem:
+                continue
+            audience_prepare(recipients=n)
+            row = step(f"in-memory pipeline, 1 process, {label}")
+            campaign = campaign_new(label="in-memory")
+            batches, plan_seconds = campaign_plan_timed(campaign=campaign)
+            out = pipeline_run(
+                database_url=database_url,
+                email_url="",
+                email_backend=email_backend,
+                batches=batches,
+                workers=1,
+                profile=args.profile,
+            )
+            done(row, out["totals"].get("sent", 0), out["seconds"])
+            row["note"] = (
+                f"plan {plan_seconds:.1f} s not included; worker CPU {out['cpu']:.1f} s "
+                f"({row['emails'] / out['cpu']:,.0f} emails per CPU-second); {out['totals']}"
+            )
+            print(f"in-memory ({label}): {row}")
+            if args.profile:
+                print(out["profile"])
+                return
+            sample = sample or out["sample"]
 
         row = step("limit: pre-rendered, 1 SMTP connection")
         out = child_run(limit_send, email_url=email_url, parts=sample, n=n)
@@ -554,7 +581,8 @@ def main() -> None:
         f"end to end, {args.workers} worker(s), planning included",
         f"end to end, {args.workers} worker(s), sending only",
         "django-post-office: queue + send_queued",
-        "in-memory pipeline, 1 process",
+        "in-memory pipeline, 1 process, campaign backend",
+        "in-memory pipeline, 1 process, Django's locmem",
     ]
     for name in order:
         if name not in rows:
