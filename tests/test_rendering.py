@@ -138,3 +138,46 @@ def test_attribute_lookup_on_plain_dicts_is_the_stock_sandboxes():
     html = email_render(subject="s", html="{{ d.items }} {{ d.name }}", text="t", context={"d": data}).html
     assert "a key named like a method" not in html  # getattr first, as in the stock sandbox: the method
     assert "Case" in html
+
+
+def test_the_render_alarm_stops_a_stuck_render_inside_a_session_and_restores_the_handler():
+    import signal
+    import time
+
+    from campaigns.rendering import _alarm, render_session
+
+    def theirs(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGALRM, theirs)
+    try:
+        with render_session():
+            assert signal.getsignal(signal.SIGALRM) is not theirs  # ours, installed once for the chunk
+            for _ in range(2):  # each render of the session has its own deadline
+                started = time.monotonic()
+                with pytest.raises(TimeoutError), _alarm(0.05):
+                    time.sleep(2)  # stuck inside one expression
+                assert time.monotonic() - started < 1
+                assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # nothing armed between renders
+            email_render(subject="Hi", html="<p>x</p>", text="t", context=sample_context())
+            assert signal.getsignal(signal.SIGALRM) is not theirs
+        assert signal.getsignal(signal.SIGALRM) is theirs  # restored after the session
+        email_render(subject="Hi", html="<p>x</p>", text="t", context=sample_context())
+        assert signal.getsignal(signal.SIGALRM) is theirs  # and after a render on its own
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_money_shows_the_same_text_from_its_cache():
+    from decimal import Decimal
+
+    from campaigns.rendering import _money
+
+    for _ in range(2):  # the second time from the cache
+        assert _money(Decimal("29"), "GBP") == "£29.00"
+        assert _money(-0.0, "EUR") == "€-0.00"
+        assert _money(0.0, "EUR") == "€0.00"
+        assert _money(1234.5, "SEK") == "1,234.50 SEK"
+        assert _money("n/a", "GBP") == "n/a"
+        assert _money(True, "") == "True"
+        assert _money(1, "") == "1.00"

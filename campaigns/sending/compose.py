@@ -19,7 +19,7 @@ from customers.models import Product
 
 from ..models import Campaign, Message, Offer, TrackedLink, new_token
 from ..recommender.stored import offers_for_customers
-from ..rendering import RenderedEmail, RenderError, email_render, pages_inline
+from ..rendering import RenderedEmail, RenderError, email_render, pages_inline, render_session
 from ..tokens import PublicUrls
 from .mime import CampaignEmail
 
@@ -236,11 +236,12 @@ def messages_build(
     failed to render (with why). CSS is inlined for the whole chunk in one call (rendering.pages_inline)."""
     rendered, failed = [], []
     urls = PublicUrls()
-    for message in messages:
-        try:
-            rendered.append((message, *_message_render(message, offers[message.pk], urls)))
-        except RenderError as exc:
-            failed.append((message, exc))
+    with render_session():
+        for message in messages:
+            try:
+                rendered.append((message, *_message_render(message, offers[message.pk], urls)))
+            except RenderError as exc:
+                failed.append((message, exc))
     try:
         pages = pages_inline([parts.html for _, parts, _ in rendered])
     except Exception:  # noqa: BLE001 - find the page the inliner refused: only its message fails
