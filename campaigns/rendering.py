@@ -84,7 +84,9 @@ def _money(value, currency: str = "") -> str:
     return _money_of(str(value), currency)
 
 
-@functools.lru_cache(maxsize=1024)  # a campaign's emails show the same few prices again and again
+# A campaign's emails show the same few prices again and again. typed: a currency of 1 and of True are
+# equal keys but different texts.
+@functools.lru_cache(maxsize=1024, typed=True)
 def _money_of(text: str, currency: str) -> str:
     try:
         amount = Decimal(text).quantize(Decimal("0.01"))
@@ -243,7 +245,11 @@ class _alarm:
                 self.previous = signal.signal(signal.SIGALRM, self._raise)
                 _alarm.installed = True
             if self.seconds:
-                signal.setitimer(signal.ITIMER_REAL, self.seconds)
+                try:
+                    signal.setitimer(signal.ITIMER_REAL, self.seconds)
+                except BaseException:
+                    self.__exit__()  # __exit__ is not called when __enter__ fails: restore the handler
+                    raise
 
     def __exit__(self, *exc):
         if self.active:
@@ -260,7 +266,8 @@ class _alarm:
 
 def render_session() -> _alarm:
     """Wrap many email_render() calls: the alarm's handler is installed once for all of them (no timer
-    runs between two renders)."""
+    runs between two renders). A SIGALRM from elsewhere during the session meets this handler, not the
+    previous one: it fails the render it interrupts, or the caller's work between two renders."""
     return _alarm(0)
 
 
@@ -291,8 +298,8 @@ def email_render(
 ) -> RenderedEmail:
     """Render the three parts. footer holds the unsubscribe/preferences/pixel URLs the layout adds.
 
-    The email has MAX_RENDER_SECONDS for its three parts (one alarm for all: arming it costs four
-    system calls). With inline_css=False the page's CSS is left for pages_inline (a batch at a time)."""
+    The email has MAX_RENDER_SECONDS for its three parts (one alarm for all: arming and disarming it
+    are system calls, and so are installing and restoring its handler outside a render_session()). With inline_css=False the page's CSS is left for pages_inline (a batch at a time)."""
     deadline = time.monotonic() + MAX_RENDER_SECONDS
     try:
         with _alarm(MAX_RENDER_SECONDS):

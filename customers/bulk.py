@@ -1,7 +1,8 @@
 """Set-based writes for large imports: PostgreSQL COPY, plain executemany elsewhere.
 
 The ORM's bulk_create builds one Python object per row and one INSERT per batch; at millions of order
-lines that dominates an import. These helpers take a DataFrame whose columns are database columns.
+lines that dominates an import. These helpers take a DataFrame whose columns are database columns
+(copy_rows: tuples of values, for the smaller writes of a campaign chunk).
 """
 
 from __future__ import annotations

@@ -653,6 +653,7 @@ def test_a_bulk_inserted_timestamp_is_found_by_an_equal_lookup(db):
 
 
 def test_copied_rows_keep_their_values_nulls_and_awkward_text(db):
+    # COPY's escaping on PostgreSQL (CI runs the suite there), executemany on SQLite.
     from campaigns.models import TrackedLink
     from campaigns.sending.compose import LINK_COLUMNS
 

@@ -76,16 +76,23 @@ class _MemoryConnection:
     """Stands in for smtplib.SMTP: keeps what would have been sent."""
 
     def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()) -> dict:
-        # The addresses as smtplib puts them in MAIL FROM and RCPT TO (it parses each one too).
-        outbox.append(Envelope(parseaddr(from_addr)[1], [parseaddr(a)[1] for a in to_addrs], msg))
+        outbox.append(Envelope(_envelope_address(from_addr), [_envelope_address(a) for a in to_addrs], msg))
         return {}  # no recipient refused
+
+
+def _envelope_address(address: str) -> str:
+    """The address as smtplib puts it in MAIL FROM and RCPT TO (it parses each one too): the address
+    part, or the whole string when the parser finds nothing."""
+    name, addr = parseaddr(address)
+    return address if (name, addr) == ("", "") else addr
 
 
 class MemoryBackend(EmailBackend):
     """This backend with the network left out: each email becomes the envelope and bytes the SMTP
     backend would send (the same checks and serialisation), kept in `outbox`. Measures the sending
     pipeline alone, as it runs over SMTP; Django's locmem backend instead builds the MIME tree of every
-    email (message()) and keeps a deep copy of it, work the SMTP path never does."""
+    email (message()) and keeps a deep copy of the email object, work the SMTP path never does. The
+    outbox is only emptied by whoever reads it."""
 
     def open(self) -> bool:
         if self.connection is not None:

@@ -31,7 +31,7 @@ CUSTOMER_FIELDS = (
     "external_id",
 )
 # What sending reads of a message (the claim, composing, recording the outcome); a claimed message is
-# loaded for every email, and its other columns (eight timestamps among them) are never read.
+# loaded for every email, and its other columns (five timestamps among them) are never read.
 MESSAGE_FIELDS = (
     "campaign_id",
     "customer_id",

@@ -5,7 +5,9 @@ stdlib's compat32 serialiser folds every header through email.header.Header (17 
 for a multipart message without a boundary it compiles a new regular expression to choose one. So:
 
 - a header that already is one short line of plain ASCII is written as it is, which is what Header
-  makes of it (tests compare the two on generated values); any other header is folded as before;
+  makes of it, and a longer one of plain ASCII words is folded where compat32 folds its skeleton (the
+  plan found once per skeleton: every email of a campaign has the same List-Unsubscribe skeleton); tests
+  compare both with the stock fold on generated values; any other header is folded as before;
 - the boundary is chosen when the message is built: 128 random bits, checked against the parts' text,
   from the pooled random bytes (models.random_bytes) instead of a system call per email, which released
   the GIL and left the courier's thread waiting to get it back from the composing one.
@@ -49,42 +51,45 @@ class _Policy(Compat32):
                 return f"{name}: {value}{self.linesep}"
             # A long plain header (List-Unsubscribe: two URLs with the message's token) is folded at
             # the places compat32 folds its skeleton, found once per campaign instead of per email.
-            plan = self._fold_plan(name, value.translate(_SKELETON))
+            # Keyed by what the fold depends on, not by the policy: as_bytes() clones it for every email.
+            plan = _fold_plan(self.linesep, self.max_line_length, name, value.translate(_SKELETON))
             if plan is not None:
                 return "".join(piece if type(piece) is str else value[piece[0] : piece[1]] for piece in plan)
         return super()._fold(name, value, sanitize)
 
-    @functools.lru_cache(maxsize=256)  # noqa: B019 - two module-level policies, kept for the process
-    def _fold_plan(self, name: str, skeleton: str) -> tuple | None:
-        """compat32's fold of the skeleton as inserted strings and (start, end) ranges of the value; None
-        if the fold did more than insert line breaks and spaces (then the value is folded as usual)."""
-        folded, plan, i, start = super()._fold(name, skeleton, False), [], 0, 0
-        head = f"{name}: "
-        if not folded.startswith(head):
-            return None
-        k = len(head)
-        plan.append(head)
-        while k < len(folded):
-            if i < len(skeleton) and folded[k] == skeleton[i]:
-                i, k = i + 1, k + 1
-                continue
-            if i > start:
-                plan.append((start, i))
-            at_fold_point = i in (0, len(skeleton)) or skeleton[i] == " "  # before a space, or at an end
-            if at_fold_point and folded.startswith(self.linesep, k):
-                plan.append(self.linesep)
-                k += len(self.linesep)
-            elif i == 0 and folded[k] == " " and plan[-1] == self.linesep:
-                plan.append(" ")  # the first word moved below the header name gets a space before it
-                k += 1
-            else:
-                return None
-            start = i
-        if i != len(skeleton):
-            return None
+
+@functools.lru_cache(maxsize=256)
+def _fold_plan(linesep: str, max_line_length: int | None, name: str, skeleton: str) -> tuple | None:
+    """compat32's fold of the skeleton as inserted strings and (start, end) ranges of the value; None if
+    the fold did more than insert line breaks and spaces (then the value is folded as usual)."""
+    policy = Compat32(linesep=linesep, max_line_length=max_line_length)
+    folded, plan, i, start = policy.fold(name, skeleton), [], 0, 0
+    head = f"{name}: "
+    if not folded.startswith(head):
+        return None
+    k = len(head)
+    plan.append(head)
+    while k < len(folded):
+        if i < len(skeleton) and folded[k] == skeleton[i]:
+            i, k = i + 1, k + 1
+            continue
         if i > start:
             plan.append((start, i))
-        return tuple(plan)
+        at_fold_point = i in (0, len(skeleton)) or skeleton[i] == " "  # before a space, or at an end
+        if at_fold_point and folded.startswith(linesep, k):
+            plan.append(linesep)
+            k += len(linesep)
+        elif i == 0 and folded[k] == " " and plan[-1] == linesep:
+            plan.append(" ")  # the first word moved below the header name gets a space before it
+            k += 1
+        else:
+            return None
+        start = i
+    if i != len(skeleton):
+        return None
+    if i > start:
+        plan.append((start, i))
+    return tuple(plan)
 
 
 POLICY = _Policy()
