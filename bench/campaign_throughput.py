@@ -496,6 +496,14 @@ def main() -> None:
         row.update(emails=emails, seconds=seconds, rate=emails / seconds, load_end=load())
         row["sink"] = counter.value - row["sink_before"]
 
+    def campaign_step(name: str, *, label: str, **run) -> tuple[dict, dict, float]:
+        """A fresh one-off campaign to the audience: the step's row, pipeline_run's result, planning's
+        seconds (timed, not in pipeline_run's)."""
+        audience_prepare(recipients=n)
+        row = step(name)
+        batches, plan_seconds = campaign_plan_timed(campaign=campaign_new(label=label))
+        return row, pipeline_run(database_url=database_url, batches=batches, **run), plan_seconds
+
     try:
         # In-memory pipeline: the campaign backend with the network left out (also renders the typical
         # email the limit pushes), then Django's locmem backend for comparison.
@@ -503,15 +511,11 @@ def main() -> None:
         for label, email_backend in (("campaign backend", MEMORY), ("Django's locmem", LOCMEM)):
             if email_backend == LOCMEM and args.skip_locmem:
                 continue
-            audience_prepare(recipients=n)
-            row = step(f"in-memory pipeline, 1 process, {label}")
-            campaign = campaign_new(label="in-memory")
-            batches, plan_seconds = campaign_plan_timed(campaign=campaign)
-            out = pipeline_run(
-                database_url=database_url,
+            row, out, plan_seconds = campaign_step(
+                f"in-memory pipeline, 1 process, {label}",
+                label="in-memory",
                 email_url="",
                 email_backend=email_backend,
-                batches=batches,
                 workers=1,
                 profile=args.profile,
             )
@@ -532,15 +536,11 @@ def main() -> None:
         row["note"] = f"sender CPU {out['cpu']:.1f} s (the rest is waiting for the sink's answers)"
         print(f"limit: {row}")
 
-        audience_prepare(recipients=n)
-        row = step(f"end to end, {args.workers} worker(s), planning included")
-        campaign = campaign_new(label="smtp")
-        batches, plan_seconds = campaign_plan_timed(campaign=campaign)
-        out = pipeline_run(
-            database_url=database_url,
+        row, out, plan_seconds = campaign_step(
+            f"end to end, {args.workers} worker(s), planning included",
+            label="smtp",
             email_url=email_url,
             email_backend="",
-            batches=batches,
             workers=args.workers,
         )
         sent = out["totals"].get("sent", 0)

@@ -299,7 +299,8 @@ def email_render(
     """Render the three parts. footer holds the unsubscribe/preferences/pixel URLs the layout adds.
 
     The email has MAX_RENDER_SECONDS for its three parts (one alarm for all: arming and disarming it
-    are system calls, and so are installing and restoring its handler outside a render_session()). With inline_css=False the page's CSS is left for pages_inline (a batch at a time)."""
+    are system calls, and so are installing and restoring its handler outside a render_session()).
+    With inline_css=False the page's CSS is left for pages_inline (a batch at a time)."""
     deadline = time.monotonic() + MAX_RENDER_SECONDS
     try:
         with _alarm(MAX_RENDER_SECONDS):
