@@ -2,8 +2,10 @@
 
 import email
 import re
+import smtplib
 from email.charset import Charset
 from email.policy import compat32
+from email.utils import formatdate
 
 import pytest
 from django.core.mail import BadHeaderError, EmailMultiAlternatives
@@ -170,6 +172,31 @@ def test_wire_bytes_are_the_stock_bytes_but_for_boundary_and_date(subject, body,
         assert _stock_masked(wire) == _stock_masked(stock.message().as_bytes(linesep="\r\n"))
 
 
+SEPARATORS = ["\n", "\r\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"]
+
+
+@given(
+    runs=st.lists(
+        st.tuples(st.sampled_from(["a", "é", "€", "😀", "<p>x</p>"]), st.integers(0, 1100))
+        | st.sampled_from(SEPARATORS).map(lambda sep: (sep, 1)),
+        max_size=8,
+    )
+)
+@example(runs=[("a", 998)])
+@example(runs=[("a", 999)])
+@example(runs=[("a", 600), ("\u2028", 1), ("a", 600)])  # a long line of bytes, two short lines of text
+@example(runs=[("é", 499)])
+def test_long_lines_are_found_as_django_finds_them(runs):
+    text = "".join(piece * n for piece, n in runs)
+    django = any(len(line.encode(errors="surrogateescape")) > 998 for line in text.splitlines())
+    assert mime._long_lines(text) == django
+
+
+@given(t=st.floats(min_value=0, max_value=4e9), localtime=st.booleans())
+def test_the_date_of_a_second_is_formatdate_of_any_moment_in_it(t, localtime):
+    assert mime._date(int(t), localtime) == formatdate(t, localtime=localtime)
+
+
 def _campaign_email(**overrides) -> CampaignEmail:
     fields = {"subject": "Hi", "body": "Hello Zoë\n", "to": ["zoe@example.com"], **overrides}
     message = CampaignEmail(**fields)
@@ -214,6 +241,15 @@ def test_an_address_goes_to_smtp_as_sanitize_address_makes_it_or_is_refused_alik
             backend.smtp_address(address, "utf-8")
     else:
         assert backend.smtp_address(address, "utf-8") == expected
+
+
+@given(address=st.from_regex(backend._BARE, fullmatch=True) | ADDRESS_LIKE)
+@example(address="=?utf-8?q?abc?=@example.com")
+@example(address="Zoë <zoe@example.com>")
+@example(address="<already@example.com>")
+@example(address="not an address")
+def test_the_envelope_carries_an_address_as_smtplib_quotes_it(address):
+    assert backend.envelope_quoted(address) == smtplib.quoteaddr(address)
 
 
 def test_an_email_without_recipients_is_not_sent_whatever_else_is_wrong_with_it():

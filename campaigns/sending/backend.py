@@ -43,7 +43,47 @@ def _sanitized(address: str, encoding: str) -> str:
     return sanitize_address(address, encoding)
 
 
+def envelope_quoted(address: str) -> str:
+    """smtplib.quoteaddr(address), the form MAIL FROM and RCPT TO carry, without parsing a bare address
+    (quoteaddr parses every address it is given: about 11 microseconds, twice an email)."""
+    if type(address) is str and _BARE.match(address):
+        return f"<{address}>"  # what parseaddr finds in a bare address is the whole of it (a test checks)
+    return smtplib.quoteaddr(address)
+
+
+class _QuickEnvelope:
+    """smtplib.SMTP's mail() and rcpt(), as in Python 3.11, with envelope_quoted() for quoteaddr()."""
+
+    def mail(self, sender, options=()):
+        optionlist = ""
+        if options and self.does_esmtp:
+            if any(x.lower() == "smtputf8" for x in options):
+                if not self.has_extn("smtputf8"):
+                    raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
+                self.command_encoding = "utf-8"
+            optionlist = " " + " ".join(options)
+        self.putcmd("mail", f"FROM:{envelope_quoted(sender)}{optionlist}")
+        return self.getreply()
+
+    def rcpt(self, recip, options=()):
+        optionlist = " " + " ".join(options) if options and self.does_esmtp else ""
+        self.putcmd("rcpt", f"TO:{envelope_quoted(recip)}{optionlist}")
+        return self.getreply()
+
+
+class _SMTP(_QuickEnvelope, smtplib.SMTP):
+    pass
+
+
+class _SMTPSSL(_QuickEnvelope, smtplib.SMTP_SSL):
+    pass
+
+
 class EmailBackend(smtp.EmailBackend):
+    @property
+    def connection_class(self):
+        return _SMTPSSL if self.use_ssl else _SMTP
+
     def _send(self, email_message):
         if not isinstance(email_message, CampaignEmail) or not email_message.recipients():
             return super()._send(email_message)
@@ -81,8 +121,11 @@ class _MemoryConnection:
 
 
 def _envelope_address(address: str) -> str:
-    """The address as smtplib puts it in MAIL FROM and RCPT TO (it parses each one too): the address
-    part, or the whole string when the parser finds nothing."""
+    """The address as smtplib puts it in MAIL FROM and RCPT TO (quoteaddr), without the brackets: the
+    address part, or the whole string when the parser finds nothing; a bare address is not parsed, as
+    the SMTP backend's connection does not parse it (envelope_quoted)."""
+    if type(address) is str and _BARE.match(address):
+        return address
     name, addr = parseaddr(address)
     return address if (name, addr) == ("", "") else addr
 

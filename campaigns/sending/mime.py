@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from email.policy import Compat32
 from email.utils import formatdate, make_msgid
 
@@ -143,7 +144,7 @@ class CampaignEmail(EmailMultiAlternatives):
             elif values:
                 headers.append((name, ", ".join(str(v) for v in values)))
         if "date" not in names:
-            headers.append(("Date", formatdate(localtime=settings.EMAIL_USE_LOCALTIME)))
+            headers.append(("Date", _date(int(time.time()), settings.EMAIL_USE_LOCALTIME)))
         if "message-id" not in names:
             headers.append(("Message-ID", make_msgid(domain=DNS_NAME)))
         headers += [
@@ -153,7 +154,7 @@ class CampaignEmail(EmailMultiAlternatives):
         ]
         # The boundary is always "=_" and 32 hex digits: compat32 folds this header at the same place.
         out = [f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'.encode()]
-        out += [_header(name, str(value), encoding) for name, value in headers]
+        out += [_header_line(name, str(value), encoding) for name, value in headers]
         out.append(b"\r\n")
         for i, (subtype, text) in enumerate(parts):
             out.append(f"--{boundary}\r\n".encode() if i == 0 else f"\r\n--{boundary}\r\n".encode())
@@ -167,6 +168,22 @@ class CampaignEmail(EmailMultiAlternatives):
         return b"".join(out)
 
 
+def _header_line(name: str, value: str, encoding: str) -> bytes:
+    """_header(name, value, encoding), without its steps for a short line of printable ASCII words:
+    Django's checks leave such a value as it is (no line break, nothing to encode; Subject's Header
+    encodes it to itself) and compat32 writes it on one line. Half of an email's headers are new in
+    every email (To, Date, Message-ID, X-Xsell-Message): a cache does not save their steps."""
+    if len(name) + 2 + len(value) <= 78 and _PLAIN.match(value):
+        return f"{name}: {value}\r\n".encode()
+    return _header(name, value, encoding)
+
+
+@functools.lru_cache(maxsize=4)
+def _date(second: int, localtime: bool) -> str:
+    # formatdate() of the current time writes whole seconds: the emails of one second share the text.
+    return formatdate(second, localtime=localtime)
+
+
 # From, MIME-Version, List-Unsubscribe-Post, X-Xsell-Campaign and often Subject repeat in every email
 # of a campaign; the per-message ones (To, Date, Message-ID, List-Unsubscribe) only pass through.
 @functools.lru_cache(maxsize=512)
@@ -178,9 +195,15 @@ def _header(name: str, value: str, encoding: str) -> bytes:
 
 
 def _long_lines(text: str) -> bool:
-    """Django's test for choosing quoted-printable over 8bit (SafeMIMEText.set_payload), skipped when no
-    line has enough characters to reach the limit in UTF-8 (4 bytes at most)."""
-    lines = text.splitlines()
-    if max(map(len, lines), default=0) * 4 <= RFC5322_EMAIL_LINE_LENGTH_LIMIT:
+    """Django's test for choosing quoted-printable over 8bit (SafeMIMEText.set_payload): a line longer
+    than the limit in UTF-8. Its loop encodes line by line; the bytes' lines (split at \\n and \\r only)
+    each hold one or more of its lines, so when none of them is too long, no line is."""
+    if len(text) <= RFC5322_EMAIL_LINE_LENGTH_LIMIT // 4:
         return False
-    return any(len(line.encode(errors="surrogateescape")) > RFC5322_EMAIL_LINE_LENGTH_LIMIT for line in lines)
+    data = text.encode(errors="surrogateescape")
+    if max(map(len, data.splitlines()), default=0) <= RFC5322_EMAIL_LINE_LENGTH_LIMIT:
+        return False
+    return any(
+        len(line.encode(errors="surrogateescape")) > RFC5322_EMAIL_LINE_LENGTH_LIMIT
+        for line in text.splitlines()
+    )
