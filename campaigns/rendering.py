@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import itertools
 import re
 import signal
 import threading
@@ -30,6 +31,7 @@ MAX_LOOP_ITEMS = 10_000  # summed over every range() in one render
 MAX_POWER_EXPONENT = 100
 MAX_POWER_BITS = 4096
 MAX_REPEAT = 10_000  # 'x' * n
+OUTPUT_BLOCK = 64  # pieces of output between two checks of its size and time
 
 LAYOUT_DIR = Path(settings.BASE_DIR) / "templates"
 _DICT_ATTRIBUTES = frozenset(dir(dict))  # every name getattr() finds on a plain dict
@@ -65,8 +67,13 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
                 raise SecurityError(f"a {bits}-bit number ** {right} is too large to compute")
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int) and n > MAX_REPEAT:
-                    raise SecurityError(f"repeating a sequence {n} times is not allowed")
+                if isinstance(seq, str | list | tuple) and isinstance(n, int):
+                    if n > MAX_REPEAT:
+                        raise SecurityError(f"repeating a sequence {n} times is not allowed")
+                    if len(seq) * n > MAX_OUTPUT_CHARS:  # ('x' * 9999) * 9999: each count is allowed
+                        raise SecurityError(
+                            f"repeating a sequence of {len(seq)} items {n} times is too large"
+                        )
         return super().call_binop(context, operator, left, right)
 
 
@@ -199,7 +206,12 @@ def _render_bounded(
     token = _budget.set([MAX_LOOP_ITEMS])
     chunks, size = [], 0
     try:
-        for chunk in template.generate(**context):
+        # Checked every OUTPUT_BLOCK pieces, not after each: a loop yields a piece per tag and per
+        # variable, and a Python step per piece cost more than Jinja's own code for a short template. A
+        # piece is bounded (a repeated sequence is, above), so the check still stops a runaway early.
+        generate = template.generate(**context)
+        while block := list(itertools.islice(generate, OUTPUT_BLOCK)):
+            chunk = "".join(block)
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:
                 raise SecurityError(f"output is larger than {MAX_OUTPUT_CHARS} characters")

@@ -16,6 +16,8 @@ ATTACKS = {
     "huge range": "{% for i in range(10**8) %}x{% endfor %}",
     "nested ranges": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
     "repeat": "{{ 'a' * 100000000 }}",
+    "repeat a repeat": "{{ ('a' * 9999) * 9999 }}",
+    "output": "{% for i in range(9999) %}{{ 'a' * 9999 }}{% endfor %}",
     "undefined": "{{ no_such_variable }}",
     "syntax": "{% if %}",
     "mutation": "{% set x = offers.append(1) %}",

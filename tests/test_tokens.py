@@ -48,3 +48,21 @@ def test_random_bytes_of_any_size_never_repeat_the_pool():
     assert [len(b) for b in drawn] == [5, 16, 4096 + 7, 16, 3] * 40
     sixteen = [b for b in drawn if len(b) == 16] + [base64.urlsafe_b64decode(new_token() + "==")]
     assert len(set(sixteen)) == len(sixteen)
+
+
+def test_a_link_token_is_hmac_sha256_of_the_row_token_so_links_already_sent_keep_working(settings):
+    import base64
+    import hashlib
+    import hmac
+
+    from campaigns.tokens import PURPOSES, PublicUrls, purpose_token, purpose_token_check
+
+    urls = PublicUrls()
+    for purpose in PURPOSES:
+        token = new_token()
+        key = hashlib.sha256(f"xsell.{purpose}.{settings.SECRET_KEY}".encode()).digest()
+        mac = hmac.new(key, token.encode(), hashlib.sha256).digest()[:12]
+        expected = f"{token}.{base64.urlsafe_b64encode(mac).decode()}"
+        assert purpose_token(token, purpose) == expected
+        assert purpose_token_check(expected, purpose) == token
+        assert urls("track-click", token, purpose).endswith(f"/{expected}")

@@ -28,6 +28,27 @@ STORED_K = 10
 MAX_AGE = dt.timedelta(days=2)  # nightly refresh, with a day's slack for a late or failed run
 
 
+class ProductRows:
+    """The products a campaign batch offers, read once for the batch instead of twice per chunk: its
+    chunks offer the same few products again and again. A product changed meanwhile is seen by the next
+    batch, as one changed while a chunk is composed is seen by the next chunk."""
+
+    FIELDS = ("id", "sku", "name", "price", "currency", "category", "image_url", "product_url", "active")
+
+    def __init__(self):
+        self.rows: dict[int, dict] = {}
+
+    def get(self, ids: Iterable[int]) -> dict[int, dict]:
+        """{id: values of FIELDS} of these products (any that exist, active or not)."""
+        ids = set(ids)
+        missing = ids - self.rows.keys()
+        if missing:
+            self.rows.update(
+                (p["id"], p) for p in Product.objects.filter(pk__in=missing).values(*self.FIELDS)
+            )
+        return {pk: self.rows[pk] for pk in ids if pk in self.rows}
+
+
 def offers_store(
     *, customer_ids: Iterable[int], now: dt.datetime | None = None
 ) -> dict[int, list[Recommendation]]:
@@ -108,7 +129,13 @@ def _usable(
 
 
 def _from_store(
-    *, customer_ids: list[int], k: int, categories: list[str] | None, min_score: float, now: dt.datetime
+    *,
+    customer_ids: list[int],
+    k: int,
+    categories: list[str] | None,
+    min_score: float,
+    now: dt.datetime,
+    products: ProductRows,
 ) -> dict[int, list[Recommendation]]:
     """Offers of these customers from rows that are still right (active version, computed after the
     customer's last order, less than MAX_AGE ago) and answer the question; customers without one are
@@ -123,11 +150,11 @@ def _from_store(
         .filter(Q(customer__last_order_at__isnull=True) | Q(computed_at__gte=F("customer__last_order_at")))
         .values_list("customer_id", "offers")
     )
-    products = dict(
-        Product.objects.filter(pk__in={o[0] for row in rows for o in row[1]}, active=True).values_list(
-            "pk", "category"
-        )
-    )
+    products = {
+        pk: p["category"]
+        for pk, p in products.get({o[0] for row in rows for o in row[1]}).items()
+        if p["active"]
+    }
     wanted = set(categories) if categories else None
     found = {}
     for customer, offers in rows:
@@ -145,10 +172,12 @@ def offers_for_customers(
     categories: list[str] | None = None,
     min_score: float = 0.0,
     now: dt.datetime | None = None,
+    products: ProductRows | None = None,
 ) -> dict[int, list[Recommendation]]:
     """A batch's offers (a campaign chunk): stored ones where they answer, one live call for the rest.
 
     Anchored customers (post-purchase emails) are always scored live: their offers follow the order.
+    products: the batch's product rows, kept across its chunks.
     """
     now = now or timezone.now()
     anchors = anchors or {}
@@ -158,6 +187,7 @@ def offers_for_customers(
         categories=categories,
         min_score=min_score,
         now=now,
+        products=products or ProductRows(),
     )
     live = [c for c in customer_ids if c not in result]
     if live:
@@ -179,7 +209,9 @@ def offers_for(*, customer_id: int, k: int, now: dt.datetime | None = None) -> l
     now = now or timezone.now()
     if k > STORED_K:
         return recommend_for_customers(customer_ids=[customer_id], k=k, as_of=now)[customer_id]
-    stored = _from_store(customer_ids=[customer_id], k=k, categories=None, min_score=0.0, now=now)
+    stored = _from_store(
+        customer_ids=[customer_id], k=k, categories=None, min_score=0.0, now=now, products=ProductRows()
+    )
     if customer_id in stored:
         return stored[customer_id]
     return offers_store(customer_ids=[customer_id], now=now)[customer_id][:k]

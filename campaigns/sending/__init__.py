@@ -14,6 +14,7 @@ import logging
 from django.core.mail import EmailMultiAlternatives
 
 from ..models import Message
+from ..recommender.stored import ProductRows
 from .claim import messages_claim, messages_due, messages_sweep_stuck
 from .compose import OfferDraft, messages_build, offers_pick, product_url, with_utm
 from .deliver import Courier
@@ -54,9 +55,10 @@ def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> 
         return counts
     counts["claimed"] = len(claimed)
     _orders_attach(claimed)
+    products = ProductRows()
     with Courier(counts) as courier, Store(courier) as store:
         for chunk in _chunks(claimed):
-            store.put(*_compose(chunk, counts))
+            store.put(*_compose(chunk, counts, products))
     return counts
 
 
@@ -86,11 +88,11 @@ def _orders_attach(messages: list[Message]) -> None:
 
 
 def _compose(
-    messages: list[Message], counts: dict[str, int]
+    messages: list[Message], counts: dict[str, int], products: ProductRows
 ) -> tuple[dict[int, list[OfferDraft]], list[tuple], list[tuple[Message, EmailMultiAlternatives]]]:
     """For a chunk of claimed messages: their offers (not stored yet), the rows of their other links and
     the rendered emails."""
-    offers = offers_pick(messages=messages)
+    offers = offers_pick(messages=messages, products=products)
     no_offer = [m for m in messages if not offers.get(m.pk)]
     _skip(no_offer, Message.SkipReason.NO_OFFER)
     counts["skipped"] += len(no_offer)

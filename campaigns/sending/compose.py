@@ -18,12 +18,11 @@ from customers.bulk import copy_rows
 from customers.models import Product
 
 from ..models import Campaign, Message, Offer, TrackedLink, new_token
-from ..recommender.stored import offers_for_customers
+from ..recommender.stored import ProductRows, offers_for_customers
 from ..rendering import RenderedEmail, RenderError, email_render, pages_inline, render_session
 from ..tokens import PublicUrls
 from .mime import CampaignEmail
 
-PRODUCT_FIELDS = ("id", "sku", "name", "price", "currency", "category", "image_url", "product_url")
 LINK_COLUMNS = ["message_id", "offer_id", "token", "url", "is_honeypot"]
 
 
@@ -62,8 +61,11 @@ def product_url(product: Product | dict) -> str:
     return product.product_url or f"{settings.SITE_URL}/products/{product.sku}"
 
 
-def offers_pick(*, messages: list[Message]) -> dict[int, list[OfferDraft]]:
-    """Each message's offers, the chunk's customers scored in one call; nothing is written.
+def offers_pick(
+    *, messages: list[Message], products: ProductRows | None = None
+) -> dict[int, list[OfferDraft]]:
+    """Each message's offers, the chunk's customers scored in one call; nothing is written. products: the
+    batch's product rows (read once for all its chunks).
 
     A retried message keeps the offers stored on its first attempt (read here, with their ids); the
     others' offers get their ids when offers_save stores them, which needs to happen before the email
@@ -84,15 +86,14 @@ def offers_pick(*, messages: list[Message]) -> dict[int, list[OfferDraft]]:
         anchors={m.customer_id: m.trigger_order_id for m in fresh if m.trigger_order_id},
         categories=campaign.allowed_categories or None,
         min_score=campaign.min_offer_score,
+        products=products,
     )
     rows += [
         (m.pk, int(r.product_id), rank, float(r.score), r.reason[:300], r.model_version_id, new_token(), None)
         for m in fresh
         for rank, r in enumerate(_distinct(recs.get(m.customer_id, []))[:k], start=1)
     ]
-    products = {
-        p["id"]: p for p in Product.objects.filter(pk__in={row[1] for row in rows}).values(*PRODUCT_FIELDS)
-    }
+    products = (products or ProductRows()).get(row[1] for row in rows)
     urls = {pk: with_utm(product_url(p), campaign) for pk, p in products.items()}
     by_message: dict[int, list[OfferDraft]] = {}
     for message_id, product_id, rank, score, reason, version, token, pk in sorted(
