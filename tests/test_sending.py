@@ -426,6 +426,51 @@ def test_a_product_recommended_twice_is_offered_once(world, monkeypatch):
     assert [(o.product["id"], o.rank) for o in offers] == [(a.pk, 1), (b.pk, 2)]
 
 
+def test_offers_stored_twice_fail_the_chunk_and_store_none_of_its_links(world):
+    from django.db import IntegrityError, transaction
+
+    from campaigns.models import TrackedLink
+    from campaigns.sending import compose
+    from campaigns.sending.store import Store
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    message = Message.objects.filter(campaign=c, status="planned").select_related("campaign").first()
+    offers = compose.offers_pick(messages=[message])
+    assert offers[message.pk]
+    compose.offers_save(offers)  # stored once
+    for o in offers[message.pk]:
+        o.pk, o.token = None, f"other-{o.rank}"  # the same (message, rank) again, new tokens
+    links = [(message.pk, None, "honeypot-token", "https://shop.example/", True)]
+    handed: list = []
+
+    class Courier:
+        def send(self, ready):
+            handed.append(ready)
+
+    with pytest.raises((IntegrityError, RuntimeError)), transaction.atomic():
+        Store(Courier())._store(offers, links, ["email"])
+    assert handed == []  # nothing goes out
+    assert not TrackedLink.objects.filter(token="honeypot-token").exists()
+    assert Offer.objects.filter(message=message).count() == len(offers[message.pk])
+
+
+def test_a_batch_shortens_the_gil_switch_interval_and_restores_it(world, smtp, monkeypatch):
+    import sys
+
+    import campaigns.sending as sending
+
+    seen = []
+    compose = sending._compose
+    monkeypatch.setattr(sending, "_compose", lambda *a: seen.append(sys.getswitchinterval()) or compose(*a))
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    before = sys.getswitchinterval()
+    assert messages_send(message_ids=sending.messages_due(campaign=c))["sent"] > 0
+    assert seen and set(seen) == {sending.SWITCH_SECONDS} != {before}
+    assert sys.getswitchinterval() == before
+
+
 def test_an_interrupted_exit_stops_the_store_thread_before_the_courier_exits(monkeypatch):
     import threading
     import time

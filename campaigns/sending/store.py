@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 
-from django.db import connection
+from django.db import connection, transaction
 
 from .compose import links_store, offers_save
 from .deliver import Courier
@@ -76,5 +76,6 @@ class Store:
             connection.close()  # this thread's own
 
     def _store(self, offers: dict, links: list[tuple], ready: list) -> None:
-        links_store(offers_save(offers) + links)  # before any email with them goes out
+        with transaction.atomic():  # one commit for both
+            links_store(offers_save(offers) + links)  # before any email with them goes out
         self.courier.send(ready)
