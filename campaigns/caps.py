@@ -44,7 +44,7 @@ class CapLedger:
         self.policy, self.now = policy, now
         since = now - dt.timedelta(days=policy.window_days)
         rows = (
-            Message.objects.filter(customer_id__in=customer_ids, status__in=COUNTED, claimed_at__gte=since)
+            Message.objects.filter(customer_id__any=customer_ids, status__in=COUNTED, claimed_at__gte=since)
             .values("customer_id")
             .annotate(n=Count("id"), last=Max("claimed_at"))
         )

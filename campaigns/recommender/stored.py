@@ -44,7 +44,7 @@ class ProductRows:
         missing = ids - self.rows.keys()
         if missing:
             self.rows.update(
-                (p["id"], p) for p in Product.objects.filter(pk__in=missing).values(*self.FIELDS)
+                (p["id"], p) for p in Product.objects.filter(pk__any=missing).values(*self.FIELDS)
             )
         return {pk: self.rows[pk] for pk in ids if pk in self.rows}
 
@@ -145,7 +145,7 @@ def _from_store(
         return {}
     rows = list(
         StoredOffers.objects.filter(
-            customer_id__in=customer_ids, model_version_id=version, computed_at__gt=now - MAX_AGE
+            customer_id__any=customer_ids, model_version_id=version, computed_at__gt=now - MAX_AGE
         )
         .filter(Q(customer__last_order_at__isnull=True) | Q(computed_at__gte=F("customer__last_order_at")))
         .values_list("customer_id", "offers")

@@ -43,7 +43,7 @@ SWITCH_SECONDS = 0.001  # the GIL's switch interval while a batch is sent (_swit
 
 
 def _skip(messages: list[Message], reason: str, error: str = "") -> None:
-    Message.objects.filter(pk__in=[m.pk for m in messages], status=Message.Status.SENDING).update(
+    Message.objects.filter(pk__any=[m.pk for m in messages], status=Message.Status.SENDING).update(
         status=Message.Status.SKIPPED, skip_reason=reason, error=error[:2000]
     )
 
@@ -96,7 +96,7 @@ def _orders_attach(messages: list[Message]) -> None:
     orders = (
         {
             m.pk: m.trigger_order
-            for m in Message.objects.filter(pk__in=with_order).select_related("trigger_order")
+            for m in Message.objects.filter(pk__any=with_order).select_related("trigger_order")
         }
         if with_order
         else {}

@@ -70,7 +70,7 @@ def messages_claim(*, message_ids: Iterable[int], now: dt.datetime | None = None
         messages = list(
             _lock(
                 Message.objects.filter(
-                    pk__in=list(message_ids),
+                    pk__any=list(message_ids),
                     status=Message.Status.PLANNED,
                     campaign__status=Campaign.Status.SENDING,
                 ).filter(Q(send_after__isnull=True) | Q(send_after__lte=now))
@@ -85,7 +85,7 @@ def messages_claim(*, message_ids: Iterable[int], now: dt.datetime | None = None
         customers = {
             c.pk: c
             for c in Customer.objects.select_for_update()
-            .filter(pk__in=customer_ids)
+            .filter(pk__any=customer_ids)
             .only(*CUSTOMER_FIELDS)
             .order_by("pk")
         }
@@ -110,11 +110,11 @@ def messages_claim(*, message_ids: Iterable[int], now: dt.datetime | None = None
             else:
                 skipped.setdefault(decision.reason, []).append(message.pk)
         # A few set-based statements, not one per message: the row locks above make them safe.
-        Message.objects.filter(pk__in=[m.pk for m in claimed]).update(
+        Message.objects.filter(pk__any=[m.pk for m in claimed]).update(
             status=Message.Status.SENDING, claimed_at=now, attempts=F("attempts") + 1
         )
         for reason, ids in skipped.items():
-            Message.objects.filter(pk__in=ids).update(status=Message.Status.SKIPPED, skip_reason=reason)
+            Message.objects.filter(pk__any=ids).update(status=Message.Status.SKIPPED, skip_reason=reason)
     for message in claimed:
         message.status, message.claimed_at, message.attempts = (
             Message.Status.SENDING,

@@ -74,7 +74,7 @@ def offers_pick(
     campaign = messages[0].campaign
     k = campaign.offers_per_email
     rows = list(
-        Offer.objects.filter(message_id__in=[m.pk for m in messages if m.attempts > 1]).values_list(
+        Offer.objects.filter(message_id__any=[m.pk for m in messages if m.attempts > 1]).values_list(
             "message_id", "product_id", "rank", "score", "reason", "model_version_id", "token", "pk"
         )
     )

@@ -67,7 +67,7 @@ def _retry_at(attempts: int, now: dt.datetime) -> dt.datetime:
 def _record_sent(message_ids: list[int]) -> None:
     """Mark a run of accepted messages sent in one statement (their Message-ID derives from the token)."""
     if message_ids:
-        Message.objects.filter(pk__in=message_ids, status=Message.Status.SENDING).update(
+        Message.objects.filter(pk__any=message_ids, status=Message.Status.SENDING).update(
             status=Message.Status.SENT,
             sent_at=timezone.now(),
             message_id=Concat(Value("<"), F("token"), Value(f"@{mail_domain()}>")),
