@@ -455,20 +455,25 @@ def test_offers_stored_twice_fail_the_chunk_and_store_none_of_its_links(world):
     assert Offer.objects.filter(message=message).count() == len(offers[message.pk])
 
 
-def test_a_batch_shortens_the_gil_switch_interval_and_restores_it(world, smtp, monkeypatch):
+def test_a_batch_tunes_the_interpreter_and_restores_it(world, smtp, monkeypatch):
+    import gc
     import sys
 
     import campaigns.sending as sending
 
     seen = []
     compose = sending._compose
-    monkeypatch.setattr(sending, "_compose", lambda *a: seen.append(sys.getswitchinterval()) or compose(*a))
+    monkeypatch.setattr(
+        sending,
+        "_compose",
+        lambda *a: seen.append((sys.getswitchinterval(), gc.get_threshold())) or compose(*a),
+    )
     c = campaign(template=world["template"], segment=world["segment"])
     campaign_start(campaign=c, enqueue=False)
-    before = sys.getswitchinterval()
+    before = (sys.getswitchinterval(), gc.get_threshold())
     assert messages_send(message_ids=sending.messages_due(campaign=c))["sent"] > 0
-    assert seen and set(seen) == {sending.SWITCH_SECONDS} != {before}
-    assert sys.getswitchinterval() == before
+    assert seen and set(seen) == {(sending.SWITCH_SECONDS, sending.GC_THRESHOLD)} != {before}
+    assert (sys.getswitchinterval(), gc.get_threshold()) == before
 
 
 def test_an_interrupted_exit_stops_the_store_thread_before_the_courier_exits(monkeypatch):
