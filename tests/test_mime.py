@@ -186,10 +186,13 @@ SEPARATORS = ["\n", "\r\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2
 @example(runs=[("a", 999)])
 @example(runs=[("a", 600), ("\u2028", 1), ("a", 600)])  # a long line of bytes, two short lines of text
 @example(runs=[("é", 499)])
-def test_long_lines_are_found_as_django_finds_them(runs):
+def test_an_email_leaves_the_wire_path_exactly_when_django_finds_a_long_line(runs):
     text = "".join(piece * n for piece, n in runs)
     django = any(len(line.encode(errors="surrogateescape")) > 998 for line in text.splitlines())
-    assert mime._long_lines(text) == django
+    assert (_campaign_email(body=text or "x").wire_bytes() is None) == django
+    html = _campaign_email()
+    html.alternatives[0] = type(html.alternatives[0])(text or "<p>x</p>", "text/html")
+    assert (html.wire_bytes() is None) == django
 
 
 @given(t=st.floats(min_value=0, max_value=4e9), localtime=st.booleans())

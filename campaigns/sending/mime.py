@@ -129,9 +129,22 @@ class CampaignEmail(EmailMultiAlternatives):
             or self.content_subtype != "plain"
             or self.alternative_subtype != "alternative"
             or [a[1] for a in self.alternatives] != ["text/html"]
-            or not all(isinstance(text, str) and not _long_lines(text) for _, text in parts)
+            or not all(isinstance(text, str) for _, text in parts)
         ):
-            return None  # attachments, another charset, or a line SMTP needs quoted-printable for
+            return None  # attachments or another charset
+        bodies = []
+        for subtype, text in parts:
+            try:
+                body = (
+                    text.replace("\n", "\r\n") if "\r" not in text else _NEWLINE.sub("\r\n", text)
+                ).encode()
+            except UnicodeEncodeError:
+                return None  # not UTF-8 text: whatever Django makes of it
+            # Each line of the body holds one or more of the text's lines (str.splitlines() splits at more
+            # characters): when none is too long, none of the text's is, and Django's own test is skipped.
+            if max(map(len, body.split(b"\r\n"))) > RFC5322_EMAIL_LINE_LENGTH_LIMIT and _long_lines(text):
+                return None  # a line SMTP needs quoted-printable for
+            bodies.append((subtype, "7bit" if text.isascii() else "8bit", body))
         boundary = self._boundary()
         headers = [
             ("MIME-Version", "1.0"),
@@ -156,14 +169,13 @@ class CampaignEmail(EmailMultiAlternatives):
         out = [f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'.encode()]
         out += [_header_line(name, str(value), encoding) for name, value in headers]
         out.append(b"\r\n")
-        for i, (subtype, text) in enumerate(parts):
+        for i, (subtype, transfer, body) in enumerate(bodies):
             out.append(f"--{boundary}\r\n".encode() if i == 0 else f"\r\n--{boundary}\r\n".encode())
             out.append(
                 f'Content-Type: text/{subtype}; charset="utf-8"\r\nMIME-Version: 1.0\r\n'
-                f"Content-Transfer-Encoding: {'7bit' if text.isascii() else '8bit'}\r\n\r\n".encode()
+                f"Content-Transfer-Encoding: {transfer}\r\n\r\n".encode()
             )
-            text = text.replace("\n", "\r\n") if "\r" not in text else _NEWLINE.sub("\r\n", text)
-            out.append(text.encode("utf-8"))
+            out.append(body)
         out.append(f"\r\n--{boundary}--\r\n".encode())
         return b"".join(out)
 
@@ -196,13 +208,7 @@ def _header(name: str, value: str, encoding: str) -> bytes:
 
 def _long_lines(text: str) -> bool:
     """Django's test for choosing quoted-printable over 8bit (SafeMIMEText.set_payload): a line longer
-    than the limit in UTF-8. Its loop encodes line by line; the bytes' lines (split at \\n and \\r only)
-    each hold one or more of its lines, so when none of them is too long, no line is."""
-    if len(text) <= RFC5322_EMAIL_LINE_LENGTH_LIMIT // 4:
-        return False
-    data = text.encode(errors="surrogateescape")
-    if max(map(len, data.splitlines()), default=0) <= RFC5322_EMAIL_LINE_LENGTH_LIMIT:
-        return False
+    than the limit in UTF-8."""
     return any(
         len(line.encode(errors="surrogateescape")) > RFC5322_EMAIL_LINE_LENGTH_LIMIT
         for line in text.splitlines()
