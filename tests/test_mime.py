@@ -261,5 +261,21 @@ def test_the_envelope_carries_an_address_as_smtplib_quotes_it(address):
     assert backend.envelope_quoted(address) == smtplib.quoteaddr(address)
 
 
+STDLIB_ENVELOPE_DIGESTS = {"mail": "9152620538ba6a4a", "rcpt": "ea6dbc277052af5b"}
+
+
+def test_the_envelope_commands_are_the_stdlib_ones_they_were_copied_from():
+    # backend._QuickEnvelope copies smtplib.SMTP.mail and rcpt of Python 3.11.7: a Python whose
+    # versions differ fails here, to have the copy checked against them.
+    import hashlib
+    import inspect
+
+    digests = {
+        name: hashlib.sha256(inspect.getsource(getattr(smtplib.SMTP, name)).encode()).hexdigest()[:16]
+        for name in ("mail", "rcpt")
+    }
+    assert digests == STDLIB_ENVELOPE_DIGESTS
+
+
 def test_an_email_without_recipients_is_not_sent_whatever_else_is_wrong_with_it():
     assert backend.EmailBackend()._send(_campaign_email(to=[], subject="Hi\nBcc: x@example.com")) is False

@@ -18,6 +18,8 @@ ATTACKS = {
     "repeat": "{{ 'a' * 100000000 }}",
     "repeat a repeat": "{{ ('a' * 9999) * 9999 }}",
     "output": "{% for i in range(9999) %}{{ 'a' * 9999 }}{% endfor %}",
+    "join a repeat": "{{ (['a' * 9999] * 9999)|join }}",
+    "center": "{{ 'a'|center(10**8) }}",
     "undefined": "{{ no_such_variable }}",
     "syntax": "{% if %}",
     "mutation": "{% set x = offers.append(1) %}",

@@ -13,6 +13,7 @@ import datetime as dt
 import gc
 import logging
 import sys
+import threading
 
 from django.core.mail import EmailMultiAlternatives
 
@@ -69,7 +70,8 @@ def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> 
 
 @contextlib.contextmanager
 def _batch_runtime():
-    """The interpreter tuned for a batch, and restored after it (a worker process runs one at a time).
+    """The interpreter tuned for a batch, and restored after it: in a worker process's main thread,
+    which runs one batch at a time (a prefork Celery worker).
 
     - The GIL's switch interval: the store and courier threads mostly wait for PostgreSQL and the SMTP
       server while this one composes in Python. Each time one of them gets its answer it waits for the
@@ -79,6 +81,9 @@ def _batch_runtime():
       offers, contexts, parts). At the default thresholds 10,000 emails ran about 550 collections, 4
       of them full, 0.8 s of their 9 s of CPU (bench/README.md); with these, 13 and 0.03 s. Reference
       counting frees nearly all of it; the collector still runs, every GC_THRESHOLD[0] allocations."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # batches in a thread pool may overlap: the process's settings stay as they are
+        return
     interval, thresholds = sys.getswitchinterval(), gc.get_threshold()
     sys.setswitchinterval(SWITCH_SECONDS)
     gc.set_threshold(*GC_THRESHOLD)
