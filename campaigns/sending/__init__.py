@@ -76,11 +76,13 @@ def _batch_runtime():
     - The GIL's switch interval: the store and courier threads mostly wait for PostgreSQL and the SMTP
       server while this one composes in Python. Each time one of them gets its answer it waits for the
       GIL, which a busy thread hands over only every sys.getswitchinterval() (5 ms by default): several
-      times per chunk, and the composing then waited for the store stage.
+      times per chunk, and the composing then waited for the store stage (at 1 ms: less idle time
+      per batch and half the wait for the store stage, bench/README.md).
     - The cyclic collector's thresholds: a batch allocates millions of short-lived containers (rows,
       offers, contexts, parts). At the default thresholds 10,000 emails ran about 550 collections, 4
-      of them full, 0.8 s of their 9 s of CPU (bench/README.md); with these, 13 and 0.03 s. Reference
-      counting frees nearly all of it; the collector still runs, every GC_THRESHOLD[0] allocations."""
+      of them full, 0.8 s of their 9 s of CPU (bench/README.md); with these, 13 and 0.03–0.08 s.
+      Reference counting frees nearly all of it; the collector still runs, every GC_THRESHOLD[0]
+      allocations."""
     if threading.current_thread() is not threading.main_thread():
         yield  # batches in a thread pool may overlap: the process's settings stay as they are
         return
