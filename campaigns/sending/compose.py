@@ -71,6 +71,7 @@ def offers_pick(
     others' offers get their ids when offers_save stores them, which needs to happen before the email
     goes out but not before it is rendered.
     """
+    products = products or ProductRows()  # one for both reads of this chunk when the caller has none
     campaign = messages[0].campaign
     k = campaign.offers_per_email
     rows = list(
@@ -93,8 +94,8 @@ def offers_pick(
         for m in fresh
         for rank, r in enumerate(_distinct(recs.get(m.customer_id, []))[:k], start=1)
     ]
-    products = (products or ProductRows()).get(row[1] for row in rows)
-    urls = {pk: with_utm(product_url(p), campaign) for pk, p in products.items()}
+    offered = products.get(row[1] for row in rows)
+    urls = {pk: with_utm(product_url(p), campaign) for pk, p in offered.items()}
     by_message: dict[int, list[OfferDraft]] = {}
     for message_id, product_id, rank, score, reason, version, token, pk in sorted(
         rows, key=lambda r: (r[0], r[2])
@@ -103,7 +104,7 @@ def offers_pick(
             OfferDraft(
                 message_id=message_id,
                 rank=rank,
-                product=products[product_id],
+                product=offered[product_id],
                 score=score,
                 reason=reason,
                 model_version_id=version,
