@@ -70,18 +70,14 @@ def _url_pattern(name: str, site_url: str) -> str:
 class PublicUrls:
     """public_url() for the many links of a chunk of emails (about 13 an email): the settings are read
     once, not twice a link (each read of django.conf.settings goes through LazySettings' Python-level
-    __getattribute__, about a microsecond), and each route's pattern once."""
+    __getattribute__, about a microsecond)."""
 
     def __init__(self):
         self.site_url = settings.SITE_URL
         self.keys = _keyed(settings.SECRET_KEY)
-        self.patterns: dict[str, str] = {}
 
     def __call__(self, name: str, token: str, purpose: str) -> str:
-        pattern = self.patterns.get(name)
-        if pattern is None:
-            pattern = self.patterns[name] = _url_pattern(name, self.site_url)
-        return pattern.format(purpose_token(token, purpose, self.keys))
+        return _url_pattern(name, self.site_url).format(purpose_token(token, purpose, self.keys))
 
 
 def public_url(name: str, token: str, purpose: str) -> str:
