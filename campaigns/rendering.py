@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import re
+import resource
 import signal
 import threading
 import time
@@ -30,6 +31,7 @@ MAX_LOOP_ITEMS = 10_000  # summed over every range() in one render
 MAX_POWER_EXPONENT = 100
 MAX_POWER_BITS = 4096
 MAX_REPEAT = 10_000  # 'x' * n
+MAX_RENDER_BYTES = 256 * 1024 * 1024  # memory that renders may take on top of what the process holds
 
 LAYOUT_DIR = Path(settings.BASE_DIR) / "templates"
 _DICT_ATTRIBUTES = frozenset(dir(dict))  # every name getattr() finds on a plain dict
@@ -224,6 +226,8 @@ def _render_bounded(
             if time.monotonic() > deadline:
                 raise SecurityError(f"took longer than {MAX_RENDER_SECONDS} s")
             chunks.append(chunk)
+    except MemoryError:
+        raise RenderError(f"{part}: needs more than {MAX_RENDER_BYTES >> 20} MB of memory") from None
     except Exception as exc:  # noqa: BLE001 - any failure fails this one render, never the worker
         line = _template_line(exc)
         raise RenderError(f"{part}{f', line {line}' if line else ''}: {type(exc).__name__}: {exc}") from None
@@ -282,11 +286,78 @@ class _alarm:
         raise TimeoutError(f"took longer than {MAX_RENDER_SECONDS} s")
 
 
-def render_session() -> _alarm:
-    """Wrap many email_render() calls: the alarm's handler is installed once for all of them (no timer
-    runs between two renders). A SIGALRM from elsewhere during the session meets this handler, not the
-    previous one: it fails the render it interrupts, or the caller's work between two renders."""
-    return _alarm(0)
+class _memory_cap:
+    """While templates render, the process's data segment (RLIMIT_DATA) is capped at its size when the
+    first render began plus MAX_RENDER_BYTES, so a template that builds a huge value fails that render
+    with a MemoryError instead of taking the machine's memory (and the worker with it). Checks of single
+    operations cannot cover them all: {% set x = x ~ x %} written twenty times, 'x'.ljust(10**10), a
+    filter's width, a {% set %} block repeating its content.
+
+    The limit is the process's, so the renders of all threads share one cap: the first to enter sets
+    it, the last to leave restores the previous limits. Without /proc (not Linux) nothing is capped and
+    the time and output bounds remain. The limit counts private writable mappings, so the other threads'
+    allocations count too while a render runs: a render that nearly fills the cap can make theirs fail."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _previous: tuple[int, int] | None = None
+
+    def __enter__(self):
+        cls = _memory_cap
+        with cls._lock:
+            if cls._users == 0:
+                cls._previous = _cap_set()
+            cls._users += 1
+
+    def __exit__(self, *exc):
+        cls = _memory_cap
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0 and cls._previous is not None:
+                resource.setrlimit(resource.RLIMIT_DATA, cls._previous)
+                cls._previous = None
+
+
+def _cap_set() -> tuple[int, int] | None:
+    """Lower RLIMIT_DATA to the data size now plus MAX_RENDER_BYTES; the limits it replaced, or None
+    when it was left as it was (no /proc, or a lower limit already set)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            used = int(re.search(rb"^VmData:\s+(\d+) kB", status.read(), re.MULTILINE).group(1)) * 1024
+    except (OSError, AttributeError):  # no /proc, or no VmData line in it
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = used + MAX_RENDER_BYTES
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft != resource.RLIM_INFINITY and soft <= cap:
+        return None
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    return soft, hard
+
+
+class render_session:
+    """Wrap many email_render() calls: the alarm's handler is installed and the memory cap set once for
+    all of them (no timer runs between two renders). A SIGALRM from elsewhere during the session meets
+    this handler, not the previous one: it fails the render it interrupts, or the caller's work between
+    two renders."""
+
+    def __init__(self):
+        self.cap, self.alarm = _memory_cap(), _alarm(0)
+
+    def __enter__(self):
+        self.cap.__enter__()
+        try:
+            self.alarm.__enter__()
+        except BaseException:
+            self.cap.__exit__()
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            self.alarm.__exit__()
+        finally:
+            self.cap.__exit__()
 
 
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
@@ -321,7 +392,7 @@ def email_render(
     With inline_css=False the page's CSS is left for pages_inline (a batch at a time)."""
     deadline = time.monotonic() + MAX_RENDER_SECONDS
     try:
-        with _alarm(MAX_RENDER_SECONDS):
+        with _memory_cap(), _alarm(MAX_RENDER_SECONDS):
             rendered_subject = " ".join(
                 _render_bounded(TEXT_ENV, subject, context, "subject", deadline).split()
             )

@@ -23,6 +23,15 @@ ATTACKS = {
     "undefined": "{{ no_such_variable }}",
     "syntax": "{% if %}",
     "mutation": "{% set x = offers.append(1) %}",
+    # Values that outgrow memory before they are output: refused by the render's memory cap.
+    "concatenated with itself": "{% set x = 'a' * 9999 %}" + "{% set x = x ~ x %}" * 15 + "{{ x|length }}",
+    "doubled in a loop": (
+        "{% set ns = namespace(x='a' * 9999) %}{% for i in range(15) %}{% set ns.x = ns.x + ns.x %}"
+        "{% endfor %}{{ ns.x|length }}"
+    ),
+    "padded": "{{ 'x'.ljust(10**9)|length }}",
+    "format width": "{{ '%1000000000s'|format('x')|length }}",
+    "batch filled": "{{ ['x']|batch(10**9, 'y')|list|length }}",
 }
 
 
@@ -170,6 +179,43 @@ def test_the_render_alarm_stops_a_stuck_render_inside_a_session_and_restores_the
         assert signal.getsignal(signal.SIGALRM) is theirs  # and after a render on its own
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_render_that_outgrows_memory_fails_alone_and_the_cap_is_lifted_after_it():
+    import resource
+    import threading
+
+    from campaigns.rendering import _memory_cap, render_session
+
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    bomb = "{% set x = 'a' * 9999 %}" + "{% set x = x ~ x %}" * 15 + "{{ x|length }}"
+    with render_session():
+        capped = resource.getrlimit(resource.RLIMIT_DATA)
+        assert capped[0] != resource.RLIM_INFINITY and capped != before
+        with pytest.raises(RenderError, match=r"^HTML: needs more than 256 MB of memory"):
+            email_render(subject="s", html=bomb, text="t", context=sample_context())
+        assert resource.getrlimit(resource.RLIMIT_DATA) == capped  # a render inside a session keeps it
+        ok = email_render(subject="s", html="{{ customer.first_name }}", text="t", context=sample_context())
+        assert "Ada" in ok.html
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    # Renders in two threads share the cap: it stays until the last one ends.
+    entered, leave = threading.Event(), threading.Event()
+
+    def other():
+        with _memory_cap():
+            entered.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    entered.wait(10)
+    shared = resource.getrlimit(resource.RLIMIT_DATA)
+    with _memory_cap():
+        assert resource.getrlimit(resource.RLIMIT_DATA) == shared != before
+    assert resource.getrlimit(resource.RLIMIT_DATA) == shared
+    leave.set()
+    thread.join()
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
 
 
 def test_money_shows_the_same_text_from_its_cache():
