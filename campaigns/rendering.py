@@ -296,7 +296,8 @@ class _memory_cap:
     The limit is the process's, so the renders of all threads share one cap: the first to enter sets
     it, the last to leave restores the previous limits. Without /proc (not Linux) nothing is capped and
     the time and output bounds remain. The limit counts private writable mappings, so the other threads'
-    allocations count too while a render runs: a render that nearly fills the cap can make theirs fail."""
+    allocations count too while a render runs (a render that nearly fills the cap can make theirs fail),
+    and a process started meanwhile inherits the cap."""
 
     _lock = threading.Lock()
     _users = 0

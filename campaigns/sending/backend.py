@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import re
 import smtplib
-from email.utils import parseaddr
 from typing import NamedTuple
 
 from django.conf import settings
@@ -121,13 +120,10 @@ class _MemoryConnection:
 
 
 def _envelope_address(address: str) -> str:
-    """The address as smtplib puts it in MAIL FROM and RCPT TO (quoteaddr), without the brackets: the
-    address part, or the whole string when the parser finds nothing; a bare address is not parsed, as
-    the SMTP backend's connection does not parse it (envelope_quoted)."""
-    if type(address) is str and _BARE.match(address):
-        return address
-    name, addr = parseaddr(address)
-    return address if (name, addr) == ("", "") else addr
+    """The address as the SMTP backend's connection puts it in MAIL FROM and RCPT TO (envelope_quoted),
+    without the angle brackets quoteaddr adds."""
+    quoted = envelope_quoted(address)
+    return quoted[1:-1] if quoted.startswith("<") and quoted.endswith(">") else quoted
 
 
 class MemoryBackend(EmailBackend):

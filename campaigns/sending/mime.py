@@ -40,6 +40,12 @@ from ..models import random_bytes
 _PLAIN = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*\Z")
 
 
+def _one_plain_line(name: str, value: str, max_line_length: int = 78) -> bool:
+    """The header is written as "name: value" on one line by compat32 (and Django's checks leave the
+    value as it is): printable ASCII words that fit the line."""
+    return len(name) + 2 + len(value) <= max_line_length and _PLAIN.match(value) is not None
+
+
 # Every character but those the fold looks at (it splits at spaces, preferring after ";" and ","): two
 # values with the same skeleton are folded at the same places.
 _SKELETON = str.maketrans({chr(c): "x" for c in range(0x21, 0x7F) if chr(c) not in ";,"})
@@ -47,9 +53,9 @@ _SKELETON = str.maketrans({chr(c): "x" for c in range(0x21, 0x7F) if chr(c) not 
 
 class _Policy(Compat32):
     def _fold(self, name, value, sanitize):
+        if isinstance(value, str) and _one_plain_line(name, value, self.max_line_length or 78):
+            return f"{name}: {value}{self.linesep}"
         if isinstance(value, str) and _PLAIN.match(value):
-            if len(name) + 2 + len(value) <= (self.max_line_length or 78):
-                return f"{name}: {value}{self.linesep}"
             # A long plain header (List-Unsubscribe: two URLs with the message's token) is folded at
             # the places compat32 folds its skeleton, found once per campaign instead of per email.
             # Keyed by what the fold depends on, not by the policy: as_bytes() clones it for every email.
@@ -185,7 +191,7 @@ def _header_line(name: str, value: str, encoding: str) -> bytes:
     Django's checks leave such a value as it is (no line break, nothing to encode; Subject's Header
     encodes it to itself) and compat32 writes it on one line. Half of an email's headers are new in
     every email (To, Date, Message-ID, X-Xsell-Message): a cache does not save their steps."""
-    if len(name) + 2 + len(value) <= 78 and _PLAIN.match(value):
+    if _one_plain_line(name, value):
         return f"{name}: {value}\r\n".encode()
     return _header(name, value, encoding)
 
