@@ -66,3 +66,21 @@ def test_a_link_token_is_hmac_sha256_of_the_row_token_so_links_already_sent_keep
         assert purpose_token(token, purpose) == expected
         assert purpose_token_check(expected, purpose) == token
         assert urls("track-click", token, purpose).endswith(f"/{expected}")
+
+
+def test_public_urls_are_the_reversed_routes_with_the_signed_token(settings):
+    import pytest
+    from django.urls import reverse
+
+    from campaigns.tokens import PublicUrls, public_url, purpose_token
+
+    urls = PublicUrls()
+    routes = [("track-click", "click"), ("track-open", "open"), ("accept", "accept")]
+    routes += [("unsubscribe", "unsubscribe"), ("one-click", "one-click"), ("preferences", "preferences")]
+    for _ in range(2):  # the second time from the instance's routes
+        for name, purpose in routes:
+            token = new_token()
+            expected = settings.SITE_URL + reverse(name, kwargs={"token": purpose_token(token, purpose)})
+            assert urls(name, token, purpose) == expected == public_url(name, token, purpose)
+    with pytest.raises(ValueError, match="unknown link purpose"):
+        urls("track-click", new_token(), "clack")
