@@ -610,3 +610,136 @@ def test_a_batch_runs_as_many_statements_for_two_messages_as_for_three(
     with django_assert_max_num_queries(len(two)):
         assert messages_send(message_ids=ids[3:])["sent"] == 3
     assert len(smtp.messages) == 6
+
+
+def _outcomes(c: Campaign) -> dict[str, tuple[str, str]]:
+    return {
+        email: (status, error)
+        for email, status, error in Message.objects.filter(campaign=c)
+        .exclude(status__in=["skipped", "holdout"])  # the shop's customers who are not recipients
+        .values_list("customer__email", "status", "error")
+    }
+
+
+def _suppressed() -> dict[str, str]:
+    return dict(Customer.objects.exclude(suppressed_reason="").values_list("email", "suppressed_reason"))
+
+
+@pytest.mark.parametrize(
+    "where, answer",
+    [
+        ("MAIL", "553 5.7.1 <offers@shop.example>: Sender address rejected: not owned by user"),
+        ("DATA", "550 5.7.1 Message rejected as spam"),
+        ("RCPT", "550 5.7.1 Relaying denied"),
+    ],
+)
+def test_a_refused_sender_relay_or_content_fails_the_message_and_suppresses_nobody(
+    world, smtp, where, answer
+):
+    async def refuse(*args):
+        return answer
+
+    setattr(smtp, f"handle_{where}", refuse)
+    suppressed = _suppressed()
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    counts = messages_send(message_ids=campaign_batches(campaign=c)[0])
+    assert counts["failed"] == 6 and counts["sent"] == 0
+    assert {status for status, _ in _outcomes(c).values()} == {"failed"}
+    assert _suppressed() == suppressed  # the recipients' mailboxes were never in question
+
+
+def test_a_bare_550_at_rcpt_is_a_hard_bounce(world, smtp):
+    smtp.script["r2@example.com"].append("550 Requested action not taken: mailbox unavailable")
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    messages_send(message_ids=campaign_batches(campaign=c)[0])
+    assert _suppressed().get("r2@example.com") == "bounced"
+    assert len(smtp.messages) == 5
+
+
+def test_a_421_retries_that_message_and_the_rest_go_out_on_a_new_connection(world, smtp):
+    smtp.script["r0@example.com"].append("421 4.7.0 Too many messages, closing connection")
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    counts = messages_send(message_ids=campaign_batches(campaign=c)[0])
+    assert counts["retry"] == 1 and counts["sent"] == 5 and counts["uncertain"] == 0
+    assert _outcomes(c)["r0@example.com"][0] == "planned"
+    assert "r0@example.com" not in smtp.count_by_recipient() and len(smtp.messages) == 5
+
+
+def test_a_connection_lost_before_data_is_retried_and_one_lost_after_data_is_uncertain(world, smtp):
+    """The server drops the conversation at one recipient's RCPT (nothing delivered: retried) and after
+    another's DATA (it may have the message: uncertain, never resent); the others go out."""
+    recorder = smtp
+    rcpt, data = recorder.handle_RCPT, recorder.handle_DATA
+
+    async def handle_RCPT(server, session, envelope, address, options):
+        if address == "r1@example.com":
+            server.transport.close()
+            return "250 never read"
+        return await rcpt(server, session, envelope, address, options)
+
+    async def handle_DATA(server, session, envelope):
+        if envelope.rcpt_tos == ["r3@example.com"]:
+            server.transport.close()
+            return "250 never read"
+        return await data(server, session, envelope)
+
+    recorder.handle_RCPT, recorder.handle_DATA = handle_RCPT, handle_DATA
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    counts = messages_send(message_ids=campaign_batches(campaign=c)[0])
+    outcomes = _outcomes(c)
+    assert outcomes["r1@example.com"][0] == "planned"  # retried
+    assert outcomes["r3@example.com"][0] == "uncertain"
+    assert counts["sent"] == 4 and counts["retry"] == 1 and counts["uncertain"] == 1
+    assert sorted(recorder.count_by_recipient()) == [f"r{i}@example.com" for i in (0, 2, 4, 5)]
+
+
+def test_when_the_server_is_gone_after_a_lost_data_the_rest_of_the_batch_is_retried(world, smtp):
+    from .smtp import SMTPServer
+
+    with SMTPServer() as server:  # a server of this test's own, stopped halfway
+        data = server.recorder.handle_DATA
+
+        async def handle_DATA(srv, session, envelope):
+            if envelope.rcpt_tos == ["r0@example.com"]:
+                server.controller.server.close()  # no more connections
+                srv.transport.close()
+                return "250 never read"
+            return await data(srv, session, envelope)
+
+        server.recorder.handle_DATA = handle_DATA
+        from django.conf import settings
+
+        settings.EMAIL_PORT = server.port
+        c = campaign(template=world["template"], segment=world["segment"])
+        campaign_start(campaign=c, enqueue=False)
+        counts = messages_send(message_ids=campaign_batches(campaign=c)[0])
+    outcomes = _outcomes(c)
+    assert outcomes.pop("r0@example.com")[0] == "uncertain"
+    assert {status for status, _ in outcomes.values()} == {"planned"}
+    assert counts["uncertain"] == 1 and counts["retry"] == 5
+    assert all("cannot reconnect" in error for _, error in outcomes.values())
+
+
+def test_an_address_django_refuses_fails_that_message_only(world, smtp):
+    Customer.objects.filter(email="r2@example.com").update(email="r2,x@example.com")
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    counts = messages_send(message_ids=campaign_batches(campaign=c)[0])
+    status, error = _outcomes(c)["r2,x@example.com"]
+    assert status == "failed" and "ValueError" in error
+    assert counts["failed"] == 1 and counts["sent"] == 5 and counts["uncertain"] == 0
+
+
+def test_a_backend_that_cannot_be_built_leaves_every_message_to_retry(world, settings):
+    settings.EMAIL_BACKEND = "no.such.Backend"
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    counts = messages_send(message_ids=campaign_batches(campaign=c)[0])
+    assert counts["retry"] == 6
+    assert {(status, "cannot connect" in error) for status, error in _outcomes(c).values()} == {
+        ("planned", True)
+    }

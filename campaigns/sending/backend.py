@@ -51,9 +51,18 @@ def envelope_quoted(address: str) -> str:
 
 
 class _QuickEnvelope:
-    """smtplib.SMTP's mail() and rcpt(), as in Python 3.11, with envelope_quoted() for quoteaddr()."""
+    """smtplib.SMTP's mail() and rcpt(), as in Python 3.11, with envelope_quoted() for quoteaddr(); and
+    data_started, whether the current message got as far as DATA (each MAIL FROM starts one): a
+    conversation that broke before it delivered nothing, so the message may be retried."""
+
+    data_started = False
+
+    def data(self, msg):
+        self.data_started = True
+        return super().data(msg)
 
     def mail(self, sender, options=()):
+        self.data_started = False
         optionlist = ""
         if options and self.does_esmtp:
             if any(x.lower() == "smtputf8" for x in options):
@@ -83,7 +92,14 @@ class EmailBackend(smtp.EmailBackend):
     def connection_class(self):
         return _SMTPSSL if self.use_ssl else _SMTP
 
+    def delivered_nothing(self) -> bool:
+        """After a send failed: True when the server cannot have the message (no connection, or the
+        conversation broke before DATA); False when it may have it."""
+        return self.connection is None or not getattr(self.connection, "data_started", True)
+
     def _send(self, email_message):
+        if self.connection is not None:
+            self.connection.data_started = False  # until this message's MAIL FROM
         if not isinstance(email_message, CampaignEmail) or not email_message.recipients():
             return super()._send(email_message)
         # As Django's _send, in the same order (the same error first), with the bytes written directly.

@@ -1,5 +1,7 @@
-"""Deliver over one connection per batch and record each outcome: sent, retry (4xx), failed (5xx,
-hard bounces suppress), uncertain (the conversation broke: never resent)."""
+"""Deliver over one connection per batch and record each outcome: sent, retry (4xx, or the
+conversation broke before the message's DATA), failed (5xx, or an address Django cannot put in a
+header; a recipient's hard bounce suppresses them), uncertain (the conversation broke once DATA was
+sent: the server may have the message, so it is never resent)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import datetime as dt
 import logging
 import queue
 import random
+import re
 import smtplib
 import threading
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail.backends import smtp as smtp_backend
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -32,13 +36,18 @@ class _Outcome:
     SENT, RETRY, FAILED, UNCERTAIN = "sent", "retry", "failed", "uncertain"
 
 
-def _classify(exc: Exception) -> tuple[str, bool, str]:
-    """(outcome, hard_bounce, error text) for an exception raised while sending one message."""
+def _classify(exc: Exception, *, may_have_arrived: bool = True) -> tuple[str, bool, str]:
+    """(outcome, hard_bounce, error text) for an exception raised while sending one message.
+    may_have_arrived: False when the backend knows the server cannot have it (see _may_have_arrived)."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         code, text = next(iter(exc.recipients.values()))
-        return _by_code(code, text)
+        return _by_code(code, text, recipient=True)
     if isinstance(exc, smtplib.SMTPSenderRefused | smtplib.SMTPDataError):
-        return _by_code(exc.smtp_code, exc.smtp_error)
+        # Refusing our sender (its address, SPF, authentication) or the content says nothing about the
+        # recipient's mailbox: only a 5.1.x status in the answer to DATA is one of theirs.
+        return _by_code(exc.smtp_code, exc.smtp_error, recipient=isinstance(exc, smtplib.SMTPDataError))
+    if isinstance(exc, ValueError):  # an address or header Django refuses (BadHeaderError too): never sent
+        return _Outcome.FAILED, False, f"{type(exc).__name__}: {exc}"
     status = getattr(exc, "status_code", None)  # an ESP's HTTP API (anymail)
     if status is not None:
         if status == 429 or status >= 500:
@@ -46,16 +55,26 @@ def _classify(exc: Exception) -> tuple[str, bool, str]:
         return _Outcome.FAILED, "recipient" in type(exc).__name__.lower(), f"ESP answered {status}: {exc}"
     if type(exc).__name__ == "AnymailRecipientsRefused":
         return _Outcome.FAILED, True, str(exc)
-    # Disconnects and timeouts mid-conversation: the server may have accepted the message.
-    return _Outcome.UNCERTAIN, False, f"{type(exc).__name__}: {exc}"
+    # Disconnects, timeouts, a refused connection: once DATA was sent, the server may have accepted it.
+    outcome = _Outcome.UNCERTAIN if may_have_arrived else _Outcome.RETRY
+    return outcome, False, f"{type(exc).__name__}: {exc}"
 
 
-def _by_code(code: int, text) -> tuple[str, bool, str]:
+_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.\d{1,3}\b")  # RFC 3463 status, e.g. 5.1.1
+
+
+def _by_code(code: int, text, *, recipient: bool) -> tuple[str, bool, str]:
     text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
     if 400 <= code < 500:
         return _Outcome.RETRY, False, f"{code} {text}"
-    # 5.1.x (bad mailbox / domain) is a hard bounce; other 5xx (policy, size) fail only this message.
-    hard = code in (550, 551, 553) or " 5.1." in f" {text}"
+    # A hard bounce is the recipient's mailbox or domain: 5.1.x, or at RCPT a bare 550/551/553 without
+    # an enhanced status naming another cause (5.7.1 is policy: a relay or a sender refused). Other 5xx
+    # (policy, content, size) fail only this message.
+    status = _ENHANCED.search(text)
+    if status is not None:
+        hard = recipient and status.group(1) == "5" and status.group(2) == "1"
+    else:
+        hard = recipient and code in (550, 551, 553)
     return _Outcome.FAILED, hard, f"{code} {text}"
 
 
@@ -143,17 +162,22 @@ class Courier:
         try:
             while (ready := self.chunks.get()) is not None:
                 if connection is None and not refused:
-                    connection = get_connection(fail_silently=False)
                     try:
+                        connection = get_connection(fail_silently=False)  # a misconfigured backend fails here
                         connection.open()
                     except Exception as exc:  # noqa: BLE001 - nothing was sent: every message may be retried
-                        connection, refused = None, f"cannot connect: {exc}"
-                if refused:
-                    for message, _ in ready:
-                        self.outcomes.put((message, _Outcome.RETRY, refused, False))
-                    continue
+                        log.error("cannot open the email connection: %s", exc)
+                        connection, refused = None, f"cannot connect: {type(exc).__name__}: {exc}"
                 for message, email in ready:
-                    self.outcomes.put((message, *_send_one(connection, email)))
+                    if refused:  # nothing of it was sent: every message may be retried
+                        self.outcomes.put((message, _Outcome.RETRY, refused, False))
+                        continue
+                    outcome, error, hard = _send_one(connection, email)
+                    self.outcomes.put((message, outcome, error, hard))
+                    if outcome != _Outcome.SENT and (outcome == _Outcome.UNCERTAIN or _closed(connection)):
+                        # A new conversation for the next message. If the server cannot be reached, the
+                        # rest of the batch is retried later instead of each waiting for a connection.
+                        refused = _reconnect(connection)
         finally:
             if connection is not None:
                 with contextlib.suppress(Exception):  # closing a dead connection
@@ -166,19 +190,35 @@ def _send_one(connection, email: EmailMultiAlternatives) -> tuple[str, str, bool
         email.send()
     except Exception as exc:  # noqa: BLE001 - one message's failure must not stop the batch
         try:
-            outcome, hard, error = _classify(exc)
+            outcome, hard, error = _classify(exc, may_have_arrived=_may_have_arrived(connection))
         except Exception:  # noqa: BLE001 - the courier must outlive odd exceptions, or the caller waits
             outcome, hard, error = _Outcome.UNCERTAIN, False, f"{type(exc).__name__}: {exc}"
-        if outcome == _Outcome.UNCERTAIN:
-            _reconnect(connection)
         return outcome, error, hard
     return _Outcome.SENT, "", False
 
 
-def _reconnect(connection) -> None:
+def _may_have_arrived(connection) -> bool:
+    """After a failed send: whether the server may have the message. Only the campaign SMTP backend
+    knows (backend.EmailBackend.delivered_nothing); with any other, assume it may."""
+    delivered_nothing = getattr(connection, "delivered_nothing", None)
+    return delivered_nothing is None or not delivered_nothing()
+
+
+def _closed(connection) -> bool:
+    """An SMTP backend whose conversation was closed (smtplib closes it on a 421, or when the
+    connection broke): the next message needs a new one."""
+    if not isinstance(connection, smtp_backend.EmailBackend):
+        return False
+    return connection.connection is None or getattr(connection.connection, "sock", None) is None
+
+
+def _reconnect(connection) -> str:
+    """Close the connection and open a new one; '' when it is open, else why not."""
     with contextlib.suppress(Exception):
         connection.close()
     try:
         connection.open()
-    except Exception:  # noqa: BLE001 - the next send will fail and be classified on its own
-        log.warning("SMTP reconnect failed")
+    except Exception as exc:  # noqa: BLE001 - the caller retries the rest of the batch later
+        log.warning("SMTP reconnect failed: %s", exc)
+        return f"cannot reconnect: {type(exc).__name__}: {exc}"
+    return ""
