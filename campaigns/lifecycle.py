@@ -46,13 +46,16 @@ def campaign_start(*, campaign: Campaign, now: dt.datetime | None = None, enqueu
         _schedule_recurring(campaign, campaign.schedule_cron)
         _set_status(campaign, Campaign.Status.SCHEDULED, draft)
         return
-    _set_status(campaign, Campaign.Status.SENDING, draft + (Campaign.Status.SCHEDULED,), started_at=now)
-    if campaign.kind == Campaign.Kind.POST_PURCHASE:
-        post_purchase_plan(campaign=campaign, now=now)
-    else:
-        campaign_plan(campaign=campaign, run_key="once", now=now)
-    if enqueue:
-        transaction.on_commit(lambda: dispatch.delay(campaign_id=campaign.pk))
+    # One transaction: no one sees the campaign sending before its messages are planned (a tick's
+    # dispatch in between would find nothing to send and mark it done).
+    with transaction.atomic():
+        _set_status(campaign, Campaign.Status.SENDING, draft + (Campaign.Status.SCHEDULED,), started_at=now)
+        if campaign.kind == Campaign.Kind.POST_PURCHASE:
+            post_purchase_plan(campaign=campaign, now=now)
+        else:
+            campaign_plan(campaign=campaign, run_key="once", now=now)
+        if enqueue:
+            transaction.on_commit(lambda: dispatch.delay(campaign_id=campaign.pk))
 
 
 def _schedule_recurring(campaign: Campaign, cron: str) -> None:
@@ -80,11 +83,14 @@ def _schedule_recurring(campaign: Campaign, cron: str) -> None:
 def recurring_run(*, campaign: Campaign, now: dt.datetime | None = None) -> None:
     """One scheduled run. Keyed by the hour, so two beat ticks for the same slot plan one run."""
     now = now or timezone.now()
-    if campaign.status not in (Campaign.Status.SCHEDULED, Campaign.Status.SENDING):
-        return
-    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.SENDING, started_at=now)
-    campaign.refresh_from_db()
-    campaign_plan(campaign=campaign, run_key=now.strftime("%Y-%m-%dT%H"), now=now)
+    with transaction.atomic():  # as in campaign_start: sending only once the run is planned
+        # Conditional: a campaign paused or cancelled since the caller read it stays so.
+        started = Campaign.objects.filter(
+            pk=campaign.pk, status__in=(Campaign.Status.SCHEDULED, Campaign.Status.SENDING)
+        ).update(status=Campaign.Status.SENDING, started_at=now)
+        campaign.refresh_from_db()
+        if started:
+            campaign_plan(campaign=campaign, run_key=now.strftime("%Y-%m-%dT%H"), now=now)
 
 
 def campaign_pause(*, campaign: Campaign) -> None:

@@ -94,6 +94,60 @@ def test_two_beat_ticks_for_the_same_slot_plan_one_run(world, smtp):
     assert set(smtp.count_by_recipient().values()) == {1}
 
 
+def test_a_recurring_run_leaves_a_campaign_cancelled_meanwhile_cancelled(world):
+    from campaigns.lifecycle import campaign_cancel
+
+    c = campaign(
+        template=world["template"],
+        segment=world["segment"],
+        kind=Campaign.Kind.RECURRING,
+        status=Campaign.Status.SCHEDULED,
+    )
+    read_by_the_task = Campaign.objects.get(pk=c.pk)
+    campaign_cancel(campaign=c)  # the marketer, after the beat task read the campaign
+    recurring_run(campaign=read_by_the_task)
+    c.refresh_from_db()
+    assert c.status == Campaign.Status.CANCELLED and not c.messages.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dispatch_while_a_campaign_is_being_planned_does_not_finish_it(monkeypatch):
+    """A tick dispatches every sending campaign; one that comes while a start is still planning must
+    not find it sending with nothing planned (and mark it done, its messages never sent)."""
+    import threading
+
+    from django.db import connection, connections
+
+    from campaigns import lifecycle
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's in-memory test database locks a second connection out of a write transaction")
+    world = shop(recipients=6)
+    c = campaign(template=world["template"], segment=world["segment"])
+    plan, seen = lifecycle.campaign_plan, {}
+
+    def plan_with_a_tick_in_between(**kwargs):
+        def tick():
+            try:
+                seen["batches"] = dispatch(campaign_id=c.pk)
+                seen["status"] = Campaign.objects.get(pk=c.pk).status
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=tick)
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive()
+        return plan(**kwargs)
+
+    monkeypatch.setattr(lifecycle, "campaign_plan", plan_with_a_tick_in_between)
+    campaign_start(campaign=c, enqueue=False)
+    c.refresh_from_db()
+    assert seen == {"batches": 0, "status": Campaign.Status.DRAFT}  # not sending yet, for the tick
+    assert c.status == Campaign.Status.SENDING
+    assert c.messages.filter(status=Message.Status.PLANNED).count() == 6
+
+
 def test_unsubscribe_mid_campaign_stops_later_sends(world, smtp):
     c = campaign(template=world["template"], segment=world["segment"])
     campaign_start(campaign=c, enqueue=False)
