@@ -11,7 +11,7 @@ import zoneinfo
 from collections import defaultdict
 from dataclasses import dataclass
 
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Q
 
 from .models import FrequencyPolicy, Message
 
@@ -42,11 +42,13 @@ class CapLedger:
 
     def __init__(self, *, policy: FrequencyPolicy, customer_ids: list[int], now: dt.datetime):
         self.policy, self.now = policy, now
-        since = now - dt.timedelta(days=policy.window_days)
+        window = now - dt.timedelta(days=policy.window_days)
+        # The last send is looked for as far back as the gap reaches, which may be beyond the window.
+        since = min(window, now - dt.timedelta(hours=policy.min_gap_hours))
         rows = (
             Message.objects.filter(customer_id__any=customer_ids, status__in=COUNTED, claimed_at__gte=since)
             .values("customer_id")
-            .annotate(n=Count("id"), last=Max("claimed_at"))
+            .annotate(n=Count("id", filter=Q(claimed_at__gte=window)), last=Max("claimed_at"))
         )
         self.count: dict[int, int] = defaultdict(int)
         self.last: dict[int, dt.datetime] = {}
@@ -73,8 +75,8 @@ class CapLedger:
 
 def quiet_hours_end(*, policy: FrequencyPolicy, timezone_name: str, now: dt.datetime) -> dt.datetime | None:
     """If it is quiet time where the customer lives, when it ends (UTC); else None."""
-    if policy.quiet_start is None or policy.quiet_end is None:
-        return None
+    if policy.quiet_start is None or policy.quiet_end is None or policy.quiet_start == policy.quiet_end:
+        return None  # equal times are refused by a constraint: never quiet, not always
     try:
         zone = zoneinfo.ZoneInfo(timezone_name or "UTC")
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):

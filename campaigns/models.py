@@ -5,7 +5,7 @@ import threading
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from customers.models import Customer, Order, Product
 
@@ -111,6 +111,12 @@ class FrequencyPolicy(models.Model):
                 condition=Q(quiet_start__isnull=True, quiet_end__isnull=True)
                 | Q(quiet_start__isnull=False, quiet_end__isnull=False),
                 name="policy_quiet_hours_both_or_none",
+            ),
+            # Equal times would read as quiet all day (nothing ever sent) or never: neither is meant.
+            models.CheckConstraint(
+                condition=Q(quiet_start__isnull=True) | ~Q(quiet_start=F("quiet_end")),
+                name="policy_quiet_hours_not_equal",
+                violation_error_message="Quiet hours must start and end at different times.",
             ),
         ]
 

@@ -118,3 +118,31 @@ def test_the_cap_index_migration_runs_again_after_a_run_that_failed_past_its_bui
         indexes = connection.introspection.get_constraints(cursor, "campaigns_message")
     assert "message_customer_claimed_idx" in indexes and "message_customer_sent_idx" not in indexes
     assert indexes["message_customer_claimed_idx"]["columns"] == ["customer_id", "claimed_at"]
+
+
+def test_a_gap_longer_than_the_window_still_holds():
+    world = shop(recipients=1)
+    customer = world["recipients"][0]
+    c = campaign(template=world["template"], segment=world["segment"])
+    now = dt.datetime(2026, 5, 3, 12, tzinfo=UTC)
+    sent = now - dt.timedelta(hours=30)  # outside a one-day window, inside a 48-hour gap
+    Message.objects.create(campaign=c, customer=customer, status="sent", claimed_at=sent, sent_at=sent)
+    policy = FrequencyPolicy(name="g", max_messages=1, window_days=1, min_gap_hours=48)
+    ledger = CapLedger(policy=policy, customer_ids=[customer.pk], now=now)
+    assert ledger.check(customer_id=customer.pk, timezone_name="UTC").reason == "capped"
+    later = CapLedger(policy=policy, customer_ids=[customer.pk], now=now + dt.timedelta(hours=19))
+    assert later.check(customer_id=customer.pk, timezone_name="UTC").allowed  # 49 hours after
+
+
+def test_quiet_hours_that_start_when_they_end_are_refused():
+    from django.core.exceptions import ValidationError
+    from django.db import IntegrityError, transaction
+
+    policy = FrequencyPolicy(name="q", quiet_start=dt.time(9), quiet_end=dt.time(9))
+    with pytest.raises(ValidationError, match="Quiet hours must start and end at different times"):
+        policy.full_clean()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        policy.save()
+    # A policy stored before the constraint is read as no quiet hours, never as quiet all day.
+    now = dt.datetime(2026, 5, 1, 12, tzinfo=UTC)
+    assert quiet_hours_end(policy=policy, timezone_name="UTC", now=now) is None
