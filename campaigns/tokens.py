@@ -54,6 +54,7 @@ def purpose_token_check(value: str, purpose: str) -> str | None:
         not token
         or len(token) > 64
         or purpose not in PURPOSES
+        or not mac.isascii()  # compare_digest raises TypeError for other text: a 404, not a 500
         or not hmac.compare_digest(mac, _mac(token, purpose))
     ):
         return None

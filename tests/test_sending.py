@@ -797,3 +797,17 @@ def test_a_backend_that_cannot_be_built_leaves_every_message_to_retry(world, set
     assert {(status, "cannot connect" in error) for status, error in _outcomes(c).values()} == {
         ("planned", True)
     }
+
+
+def test_a_sender_with_a_display_name_gives_well_formed_message_ids(world, smtp, settings):
+    settings.DEFAULT_FROM_EMAIL = "Shop Offers <offers@shop.example>"
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    messages_send(message_ids=campaign_batches(campaign=c)[0])
+    mail = smtp.to("r0@example.com")[0]
+    message = Message.objects.get(campaign=c, customer__email="r0@example.com")
+    assert mail["Message-ID"] == message.message_id == f"<{message.token}@shop.example>"
+    assert (
+        f"<mailto:unsubscribe@shop.example?subject=unsubscribe%20{message.token}>" in mail["List-Unsubscribe"]
+    )
+    assert mail["From"] == "Shop Offers <offers@shop.example>"

@@ -81,6 +81,7 @@ def _bad_tokens(row_token):
         purpose_token("unknownunknownunknown", "click"),  # well signed, unknown row
         purpose_token(row_token, "open"),  # wrong purpose
         row_token,  # no mac at all
+        good[:-1] + "é",  # a mac that is not ASCII
     ]
 
 
@@ -98,6 +99,7 @@ def test_pixel_is_the_same_gif_for_known_unknown_and_tampered_tokens(client, mes
     msg, _ = message
     good = purpose_token(msg.token, "open")
     bad = [good[:-2] + "zz", purpose_token("nosuchmessage", "open"), purpose_token(msg.token, "click")]
+    bad.append(good[:-1] + "é")  # not ASCII
     bodies = []
     for token in bad:
         response = client.get(reverse("track-open", kwargs={"token": token}), HTTP_USER_AGENT=HUMAN_UA)
@@ -107,7 +109,7 @@ def test_pixel_is_the_same_gif_for_known_unknown_and_tampered_tokens(client, mes
         bodies.append(response.content)
     assert not Event.objects.exists()
     response = client.get(reverse("track-open", kwargs={"token": good}), HTTP_USER_AGENT=HUMAN_UA)
-    assert bodies == [response.content] * 3 and response.content == PIXEL and len(PIXEL) == 43
+    assert bodies == [response.content] * 4 and response.content == PIXEL and len(PIXEL) == 43
     event = Event.objects.get()
     assert (event.kind, event.message_id, event.is_machine) == ("open", msg.pk, False)
     assert event.user_agent == HUMAN_UA and len(event.ip_hash) == 64 and "127.0.0" not in event.ip_hash
