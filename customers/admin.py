@@ -157,6 +157,13 @@ class ProductAdmin(admin.ModelAdmin):
     readonly_fields = ("units_sold", "revenue", "created_at", "updated_at")
     actions = ["recompute_sales"]
 
+    def get_exclude(self, request, obj=None):
+        # A new product has no sales or timestamps yet (and the admin cannot show a database default).
+        return self.readonly_fields if obj is None else super().get_exclude(request, obj)
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
     @admin.action(description="Recompute units sold and revenue")
     def recompute_sales(self, request, queryset):
         product_stats_refresh(product_ids=list(queryset.values_list("pk", flat=True)))

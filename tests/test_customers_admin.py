@@ -216,6 +216,16 @@ def test_product_changelist_shows_units_sold_and_revenue(admin_client, ann):
     assert '<td class="field-revenue">14.00</td>' in content
 
 
+def test_a_product_can_be_added_and_then_shows_its_sales(admin_client):
+    add = reverse("admin:customers_product_add")
+    assert admin_client.get(add).status_code == 200
+    response = admin_client.post(add, {"sku": "CASE", "name": "Case", "currency": "GBP", "active": "on"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    product = Product.objects.get(sku="CASE")
+    page = admin_client.get(reverse("admin:customers_product_change", args=[product.pk])).content.decode()
+    assert "Units sold" in page and "Revenue" in page
+
+
 def test_product_changelist_sorts_by_revenue(admin_client, ann):
     response = admin_client.get(reverse("admin:customers_product_changelist"), {"o": "-8"})
 
@@ -344,6 +354,26 @@ def test_uploading_an_invalid_file_writes_nothing(admin_client, uploads, django_
     assert Order.objects.count() == Customer.objects.count() == 0
     listing = admin_client.get(reverse("admin:customers_importrun_changelist"))
     assert "Failed (nothing written)" in listing.content.decode()
+
+
+def test_an_upload_that_fails_unexpectedly_is_marked_failed(
+    admin_client, uploads, django_capture_on_commit_callbacks, monkeypatch
+):
+    import customers.tasks
+
+    def broken(**kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(customers.tasks, "orders_import", broken)
+    orders = SimpleUploadedFile(
+        "ok.csv", (HEADER + "1001,c1,2024-01-05T10:00:00,MUG,Blue mug,,2,3.50\n").encode()
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(reverse("admin:customers_importrun_upload"), {"orders": orders})
+    assert response.status_code == 302
+    run = ImportRun.objects.get()
+    assert run.status == ImportRun.Status.FAILED and run.finished_at is not None
+    assert run.errors == ["the import stopped on an unexpected error (KeyError: 'a bug')"]
 
 
 def test_uploading_with_skip_invalid(admin_client, uploads, django_capture_on_commit_callbacks):

@@ -222,6 +222,20 @@ def test_unreadable_files_are_refused(tmp_path):
     assert row_counts() == (0, 0, 0, 0)
 
 
+@pytest.mark.parametrize("line", [2, 3])
+def test_a_line_with_a_field_too_many_is_refused_with_its_line(tmp_path, line):
+    # A decimal comma: pandas reads a first data line like this as an index column, a later one as an error.
+    decimal_comma = "1004,c3,2024-01-05T10:00:00,MUG,Blue mug,Kitchen,2,3,50,GBP,c@example.com,France"
+    rows = [VALID[0], VALID[1]]
+    rows.insert(line - 2, decimal_comma)
+    with pytest.raises(ImportFailed) as failed:
+        orders_import(path=write_csv(tmp_path / "comma.csv", rows))
+    (error,) = failed.value.errors
+    assert (error.file, error.line) == ("comma.csv", line)
+    assert "expected 11 fields, saw 12" in error.reason
+    assert row_counts() == (0, 0, 0, 0)
+
+
 def test_an_order_cannot_belong_to_two_customers(tmp_path):
     path = write_csv(tmp_path / "orders.csv", [VALID[0], VALID[1].replace(",c1,", ",c2,")])
 

@@ -174,6 +174,10 @@ def read_chunks(
         first = True
         for chunk in reader:
             if first:
+                if not isinstance(chunk.index, pd.RangeIndex):
+                    # pandas takes a first data line with one field more than the header as having an
+                    # index column (any later line like it is a ParserError, below): refuse it alike.
+                    raise ImportFailed([RowError(name, 2, "", _extra_field(len(chunk.columns)))])
                 chunk.columns = [c.strip().lower() for c in chunk.columns]
                 missing = [c for c in required if c not in chunk.columns]
                 if missing:
@@ -198,13 +202,26 @@ def read_chunks(
     except pd.errors.EmptyDataError:
         raise ImportFailed([RowError(name, 1, "", "the file is empty (a header line is required)")]) from None
     except pd.errors.ParserError as exc:
-        raise ImportFailed(
-            [RowError(name, _line_from_parser_error(exc), "", f"malformed CSV: {exc}")]
-        ) from None
+        raise ImportFailed([RowError(name, _line_from_parser_error(exc), "", _parser_reason(exc))]) from None
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError) as exc:
         raise ImportFailed([RowError(name, 0, "", f"cannot be read: {exc}")]) from None
     finally:
         stream.close()
+
+
+def _extra_field(fields: int, saw: int | None = None) -> str:
+    return (
+        f"malformed CSV: expected {fields} fields, saw {saw or fields + 1} (a comma inside a value that is "
+        'not quoted, such as a decimal comma: write 18.00 or "18,00")'
+    )
+
+
+def _parser_reason(exc: Exception) -> str:
+    """The parser's complaint in the words of the rest of the errors."""
+    fields = re.search(r"Expected (\d+) fields in line \d+, saw (\d+)", str(exc))
+    if fields:
+        return _extra_field(int(fields.group(1)), int(fields.group(2)))
+    return f"malformed CSV: {str(exc).strip()}"
 
 
 # Element-wise str methods called from C: several times faster than the .str accessor on object columns.
