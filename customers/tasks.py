@@ -35,9 +35,7 @@ def import_files(*, import_run_id: int, skip_invalid: bool = False) -> None:
         ImportRun.objects.filter(pk=run.pk).update(
             status=ImportRun.Status.FAILED,
             finished_at=timezone.now(),
-            errors=[
-                f"the import stopped on an unexpected error ({type(exc).__name__}: {exc})"
-            ],
+            errors=[f"the import stopped on an unexpected error ({type(exc).__name__}: {exc})"],
             summary={"files": files},
         )
         return

@@ -16,7 +16,8 @@ from django.core import mail
 from django.core.management import call_command
 from django.db import connections
 
-from campaigns.models import Campaign, Event, Message
+from campaigns.models import Campaign, EmailTemplate, Event, Message
+from customers.models import Customer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -98,6 +99,15 @@ def test_marketer_to_recipient_to_report(live_server, settings, browser_page, dj
     preview = page.frame_locator("iframe[title='email preview']")
     assert "Hi" in preview.locator("h1").inner_text()
     page.screenshot(path=str(ARTIFACTS / "template-preview.png"), full_page=True)
+    # Preview for a customer renders again and saves nothing, not even an edit in the form.
+    customer = Customer.objects.exclude(first_name="").order_by("pk").first()
+    page.fill("input[name=customer]", customer.external_id)
+    page.fill("#id_subject", "edited, not saved")
+    page.click("button[form=xsell-preview]")
+    page.wait_for_url(re.compile(r".*\?customer="))
+    assert not page.locator(".messagelist .success").count()
+    assert EmailTemplate.objects.get(name="Add-ons").subject != "edited, not saved"
+    assert customer.first_name in preview.locator("h1").inner_text()
 
     page.goto(f"{live_server.url}/admin/campaigns/campaign/add/")
     page.fill("#id_name", "After a purchase")

@@ -231,3 +231,35 @@ def test_money_shows_the_same_text_from_its_cache():
         assert _money("n/a", "GBP") == "n/a"
         assert _money(True, "") == "True"
         assert _money(1, "") == "1.00"
+
+
+def test_the_template_page_previews_for_a_customer_in_a_form_of_its_own(admin_client, mailoutbox):
+    from django.urls import reverse
+
+    from .campaign_fixtures import shop
+
+    world = shop(recipients=1)
+    template, customer = world["template"], world["recipients"][0]
+    change = reverse("admin:campaigns_emailtemplate_change", args=[template.pk])
+    page = admin_client.get(change, {"customer": customer.external_id}).content.decode()
+    # The change form's inputs would save the template: Preview's field and button belong to a form
+    # outside it (an HTML form inside another is ignored by browsers).
+    assert (
+        'name="customer" form="xsell-preview"' in page and 'button type="submit" form="xsell-preview"' in page
+    )
+    assert page.index('<form id="xsell-preview" method="get"></form>') > page.index('id="emailtemplate_form"')
+    assert "No customer" not in page and f"rendered for customer {customer.external_id}" in page
+    by_id = admin_client.get(change, {"customer": str(customer.pk)}).content.decode()
+    assert "No customer" not in by_id
+    unknown = admin_client.get(change, {"customer": "nosuch"}).content.decode()
+    assert "No customer nosuch: showing the sample customer." in unknown
+    preview = admin_client.get(
+        reverse("admin:campaigns_emailtemplate_preview", args=[template.pk]),
+        {"customer": customer.external_id},
+    )
+    assert customer.first_name in preview.content.decode()
+    # Send test renders for the customer shown, and comes back to the same preview.
+    test = reverse("admin:campaigns_emailtemplate_test", args=[template.pk])
+    response = admin_client.post(f"{test}?customer={customer.external_id}", {"to": "me@shop.example"})
+    assert response.status_code == 302 and response["Location"].endswith(f"?customer={customer.external_id}")
+    assert customer.first_name in mailoutbox[0].subject or customer.first_name in mailoutbox[0].body

@@ -1,5 +1,7 @@
 """Admin for templates, campaigns, frequency policies and messages."""
 
+from urllib.parse import urlencode
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -109,10 +111,19 @@ class EmailTemplateAdmin(admin.ModelAdmin):
             '<a href="{}">preview</a>', reverse("admin:campaigns_emailtemplate_change", args=[obj.pk])
         )
 
+    @staticmethod
+    def _customer(request) -> Customer | None:
+        """The customer named in ?customer= by external id (or, failing that, database id)."""
+        wanted = request.GET.get("customer", "").strip()
+        if not wanted:
+            return None
+        customer = Customer.objects.filter(external_id=wanted).first()
+        if customer is None and wanted.isdigit():
+            customer = Customer.objects.filter(pk=int(wanted)).first()
+        return customer
+
     def _render(self, request, template: EmailTemplate):
-        customer = None
-        if request.GET.get("customer"):
-            customer = Customer.objects.filter(external_id=request.GET["customer"]).first()
+        customer = self._customer(request)
         return email_render(
             subject=template.subject,
             html=template.html,
@@ -160,10 +171,16 @@ class EmailTemplateAdmin(admin.ModelAdmin):
                 messages.error(request, f"Not sent: {exc}")
             except Exception as exc:  # noqa: BLE001 - show the mail server's answer to the marketer
                 messages.error(request, f"Not sent: {exc}")
-        return redirect("admin:campaigns_emailtemplate_change", pk)
+        change = reverse("admin:campaigns_emailtemplate_change", args=[pk])
+        wanted = request.GET.get("customer", "")
+        return redirect(f"{change}?{urlencode({'customer': wanted})}" if wanted else change)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra = {"test_form": TestSendForm(), "preview_customer": request.GET.get("customer", "")}
+        extra = {
+            "test_form": TestSendForm(),
+            "preview_customer": request.GET.get("customer", "").strip(),
+            "preview_found": self._customer(request) is not None,
+        }
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
 
 
