@@ -412,11 +412,20 @@ def test_a_chunk_that_cannot_be_stored_is_not_sent_and_its_error_reaches_the_cal
     with pytest.raises(RuntimeError, match="database went away"):
         _send_all(c)
     statuses = sorted(
-        Message.objects.filter(campaign=c, status__in=["sending", "sent"]).values_list("status", flat=True)
+        Message.objects.filter(campaign=c, status__in=["planned", "sending", "sent"]).values_list(
+            "status", flat=True
+        )
     )
-    # The first chunk went out and is recorded; the others stay "sending": swept to "uncertain", never resent.
-    assert statuses == ["sending"] * 4 + ["sent"] * 2
+    # The first chunk went out and is recorded; the others never reached the courier: planned again
+    # (not left "sending", which the sweep would make "uncertain", never sent).
+    assert statuses == ["planned"] * 4 + ["sent"] * 2
     assert len(smtp.count_by_recipient()) == 2
+    again = Message.objects.filter(campaign=c, status="planned")
+    assert all("database went away" in m.error and m.send_after and m.attempts == 1 for m in again)
+    monkeypatch.setattr(store, "links_store", links_store)
+    Message.objects.filter(campaign=c, status="planned").update(send_after=None)
+    _send_all(c)  # the next dispatch sends them, once
+    assert smtp.count_by_recipient() == {f"r{i}@example.com": 1 for i in range(6)}
 
 
 def test_a_refused_connection_leaves_every_message_to_retry(world, smtp, settings):
@@ -811,3 +820,20 @@ def test_a_sender_with_a_display_name_gives_well_formed_message_ids(world, smtp,
         f"<mailto:unsubscribe@shop.example?subject=unsubscribe%20{message.token}>" in mail["List-Unsubscribe"]
     )
     assert mail["From"] == "Shop Offers <offers@shop.example>"
+
+
+def test_messages_a_failed_batch_did_not_send_are_planned_again_or_failed_after_the_last_attempt(
+    world, settings
+):
+    from campaigns.sending import _release
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    first, last, skipped = Message.objects.filter(campaign=c, status="planned").order_by("pk")[:3]
+    Message.objects.filter(pk__in=[first.pk, last.pk]).update(status="sending", attempts=1)
+    Message.objects.filter(pk=last.pk).update(attempts=settings.SEND_MAX_ATTEMPTS)
+    Message.objects.filter(pk=skipped.pk).update(status="skipped", skip_reason="no_offer")
+    _release(list(Message.objects.filter(pk__in=[first.pk, last.pk, skipped.pk])), RuntimeError("boom"))
+    first, last, skipped = (Message.objects.get(pk=m.pk) for m in (first, last, skipped))
+    assert (first.status, last.status, skipped.status) == ("planned", "failed", "skipped")
+    assert first.send_after is not None and "RuntimeError: boom" in first.error and "boom" in last.error

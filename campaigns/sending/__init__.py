@@ -15,13 +15,15 @@ import logging
 import sys
 import threading
 
+from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
+from django.utils import timezone
 
 from ..models import Message
 from ..recommender.stored import ProductRows
 from .claim import messages_claim, messages_due, messages_sweep_stuck
 from .compose import OfferDraft, messages_build, offers_pick, product_url, with_utm
-from .deliver import Courier
+from .deliver import Courier, retry_at
 from .store import Store
 
 __all__ = [
@@ -60,12 +62,36 @@ def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> 
     if not claimed:
         return counts
     counts["claimed"] = len(claimed)
-    _orders_attach(claimed)
-    products = ProductRows()
-    with _batch_runtime(), Courier(counts) as courier, Store(courier) as store:
-        for chunk in _chunks(claimed):
-            store.put(*_compose(chunk, counts, products))
+    courier = Courier(counts)
+    try:
+        _orders_attach(claimed)
+        products = ProductRows()
+        with _batch_runtime(), courier, Store(courier) as store:
+            for chunk in _chunks(claimed):
+                store.put(*_compose(chunk, counts, products))
+    except BaseException as exc:
+        _release([m for m in claimed if m.pk not in courier.handed], exc)
+        raise
     return counts
+
+
+def _release(messages: list[Message], exc: BaseException) -> None:
+    """Claimed messages the courier never got were certainly not sent: planned again (after a backoff,
+    failed after SEND_MAX_ATTEMPTS) instead of left "sending" for the sweep, which would call them
+    uncertain and never send them. Those already skipped are not "sending" any more."""
+    error = f"not sent: the batch stopped ({type(exc).__name__}: {exc})"[:2000]
+    now = timezone.now()
+    try:
+        for attempts in sorted({m.attempts for m in messages}):
+            ids = [m.pk for m in messages if m.attempts == attempts]
+            fields = (
+                {"status": Message.Status.PLANNED, "send_after": retry_at(attempts, now)}
+                if attempts < settings.SEND_MAX_ATTEMPTS
+                else {"status": Message.Status.FAILED}
+            )
+            Message.objects.filter(pk__any=ids, status=Message.Status.SENDING).update(error=error, **fields)
+    except Exception:  # noqa: BLE001 - the database may be what failed: then the sweep has them
+        log.exception("could not plan again the %s messages a failed batch did not send", len(messages))
 
 
 @contextlib.contextmanager

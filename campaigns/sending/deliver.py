@@ -78,7 +78,7 @@ def _by_code(code: int, text, *, recipient: bool) -> tuple[str, bool, str]:
     return _Outcome.FAILED, hard, f"{code} {text}"
 
 
-def _retry_at(attempts: int, now: dt.datetime) -> dt.datetime:
+def retry_at(attempts: int, now: dt.datetime) -> dt.datetime:
     base = settings.SEND_RETRY_BASE_SECONDS * (2 ** max(attempts - 1, 0))
     return now + dt.timedelta(seconds=base * random.uniform(0.5, 1.5))  # jitter spreads retries out
 
@@ -98,7 +98,7 @@ def _record(message: Message, outcome: str, error: str = "", hard_bounce: bool =
     now = timezone.now()
     fields: dict = {"error": error[:2000]}
     if outcome == _Outcome.RETRY and message.attempts < settings.SEND_MAX_ATTEMPTS:
-        fields.update(status=Message.Status.PLANNED, send_after=_retry_at(message.attempts, now))
+        fields.update(status=Message.Status.PLANNED, send_after=retry_at(message.attempts, now))
     elif outcome == _Outcome.UNCERTAIN:
         fields.update(status=Message.Status.UNCERTAIN)
     else:
@@ -124,6 +124,7 @@ class Courier:
         self.chunks: queue.Queue = queue.Queue(maxsize=depth)  # bounded: composing waits for SMTP
         self.outcomes: queue.SimpleQueue = queue.SimpleQueue()
         self.sent: list[int] = []
+        self.handed: set[int] = set()  # ids of the messages given to the thread: sent or recorded by it
         self.thread = threading.Thread(target=self._run, name="xsell-courier", daemon=True)
 
     def __enter__(self) -> Courier:
@@ -133,6 +134,7 @@ class Courier:
     def send(self, ready: list[tuple[Message, EmailMultiAlternatives]]) -> None:
         if ready:
             self.chunks.put(ready)
+            self.handed.update(message.pk for message, _ in ready)
         self.record()
 
     def __exit__(self, *exc) -> None:
