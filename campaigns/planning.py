@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from dataclasses import dataclass
 
 import pandas as pd
 from django.db.models import Count, Exists, OuterRef, Q
@@ -118,3 +119,72 @@ def post_purchase_plan(
     delay = dt.timedelta(hours=campaign.delay_hours)
     _insert(campaign, [(c, o, placed + delay, c in mailable_ids) for o, c, placed in candidates], None)
     return len(candidates)
+
+
+@dataclass(frozen=True)
+class CampaignPreview:
+    """What starting the campaign now would do, sending nothing (a dry run)."""
+
+    audience: int  # in the segment (post-purchase: buyers of trigger orders in the segment)
+    suppressed: int  # of them unsubscribed, bounced, without consent or without an email
+    holdout: int
+    capped: int  # over the frequency cap or in quiet hours now
+    would_send: int
+    trigger_orders: int | None  # post-purchase only
+    samples: list[tuple[str, list[tuple[float, str, str]]]]  # (email, [(score, product, reason)]) a few
+
+
+def campaign_preview(
+    *, campaign: Campaign, now: dt.datetime | None = None, sample: int = 5
+) -> CampaignPreview:
+    """The dry run shown before a campaign starts (admin) and by `run_campaign --dry-run`."""
+    from customers.models import Customer, Product
+
+    from .caps import CapLedger, policy_default
+    from .recommender import recommend_for_customers
+
+    now = now or timezone.now()
+    everyone, mailable = campaign_audience(campaign, now)
+    orders_count = None
+    if campaign.kind == Campaign.Kind.POST_PURCHASE:
+        orders = trigger_orders(campaign=campaign, now=now).filter(customer__in=everyone)
+        ids = list(orders.filter(customer__in=mailable).values_list("customer_id", flat=True).distinct())
+        orders_count = orders.count()
+        audience = len(set(orders.values_list("customer_id", flat=True)))
+    else:
+        ids = list(mailable.values_list("pk", flat=True))
+        audience = everyone.count()
+    holdout = {
+        c for c in ids if holdout_bucket(campaign_id=campaign.pk, customer_id=c) < campaign.holdout_percent
+    }
+    recipients = sorted(set(ids) - holdout)
+    ledger = CapLedger(policy=campaign.frequency_policy or policy_default(), customer_ids=recipients, now=now)
+    zones = dict(Customer.objects.filter(pk__in=recipients).values_list("pk", "timezone"))
+    capped = sum(
+        not ledger.check(customer_id=c, timezone_name=zones.get(c, "UTC")).allowed for c in recipients
+    )
+    shown = recipients[:sample]
+    recs = recommend_for_customers(
+        customer_ids=shown,
+        k=campaign.offers_per_email,
+        categories=campaign.allowed_categories or None,
+        min_score=campaign.min_offer_score,
+    )
+    names = dict(
+        Product.objects.filter(pk__in={r.product_id for v in recs.values() for r in v}).values_list(
+            "pk", "name"
+        )
+    )
+    emails = dict(Customer.objects.filter(pk__in=shown).values_list("pk", "email"))
+    return CampaignPreview(
+        audience=audience,
+        suppressed=audience - len(ids),
+        holdout=len(holdout),
+        capped=capped,
+        would_send=len(recipients) - capped,
+        trigger_orders=orders_count,
+        samples=[
+            (emails.get(c, ""), [(r.score, names.get(r.product_id, ""), r.reason) for r in recs.get(c) or []])
+            for c in shown
+        ],
+    )

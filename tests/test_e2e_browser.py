@@ -124,6 +124,10 @@ def test_marketer_to_recipient_to_report(live_server, settings, browser_page, dj
     page.check(f"input.action-select[value='{campaign.pk}']")
     page.select_option("select[name=action]", "start")
     page.click("button[name=index]")
+    page.wait_for_selector("text=Would be emailed")  # the dry run first: nothing planned yet
+    assert not Message.objects.filter(campaign=campaign).exists()
+    page.screenshot(path=str(ARTIFACTS / "campaign-start-dry-run.png"), full_page=True)
+    page.click("input[value='Yes, start sending']")
     page.wait_for_selector(".messagelist")
     assert Message.objects.filter(campaign=campaign, status="sent").exists(), "the campaign sent nothing"
 

@@ -837,3 +837,24 @@ def test_messages_a_failed_batch_did_not_send_are_planned_again_or_failed_after_
     first, last, skipped = (Message.objects.get(pk=m.pk) for m in (first, last, skipped))
     assert (first.status, last.status, skipped.status) == ("planned", "failed", "skipped")
     assert first.send_after is not None and "RuntimeError: boom" in first.error and "boom" in last.error
+
+
+def test_starting_from_the_admin_shows_a_dry_run_and_sends_only_when_confirmed(world, admin_client):
+    from django.urls import reverse
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    done = campaign(template=world["template"], segment=world["segment"], name="Old", status="done")
+    changelist = reverse("admin:campaigns_campaign_changelist")
+    page = admin_client.post(changelist, {"action": "start", "_selected_action": [c.pk, done.pk]})
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Would be emailed" in text and "r0@example.com" in text and "Yes, start sending" in text
+    assert "only a draft can be started" in text
+    c.refresh_from_db()
+    assert c.status == Campaign.Status.DRAFT and not c.messages.exists()  # a dry run only
+    response = admin_client.post(
+        changelist, {"action": "start", "_selected_action": [c.pk], "confirm": "yes"}
+    )
+    assert response.status_code == 302
+    c.refresh_from_db()
+    assert c.status == Campaign.Status.SENDING and c.messages.filter(status="planned").count() == 6

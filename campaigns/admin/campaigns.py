@@ -5,12 +5,15 @@ from urllib.parse import urlencode
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.core.mail import EmailMultiAlternatives
 from django.db.models import Count
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from customers.admin_utils import EstimatedCountPaginator
@@ -18,6 +21,7 @@ from customers.models import Customer
 
 from ..lifecycle import CampaignStateError, campaign_cancel, campaign_pause, campaign_resume, campaign_start
 from ..models import Campaign, CampaignRun, EmailTemplate, FrequencyPolicy, Message, Offer
+from ..planning import campaign_preview
 from ..recommender import recommend_for_customers
 from ..rendering import RenderError, email_render, sample_context, template_validate
 from .reports import CampaignReportMixin
@@ -295,9 +299,42 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
             except CampaignStateError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
 
-    @admin.action(description="Start or schedule sending")
+    @admin.action(description="Start or schedule sending (after a dry run)")
     def start(self, request, queryset):
-        self._act(request, queryset, campaign_start, "started")
+        """First a page with each campaign's dry run (who would be emailed, sample offers); sending starts
+        only from its confirmation."""
+        if not request.user.has_perm("campaigns.send_campaign"):
+            raise PermissionDenied
+        if request.POST.get("confirm") == "yes":
+            self._act(request, queryset, campaign_start, "started")
+            return None
+        previews = []
+        for campaign in queryset:
+            if campaign.status != Campaign.Status.DRAFT:
+                note = f"It is {campaign.get_status_display().lower()}: only a draft can be started."
+                previews.append((campaign, None, note))
+                continue
+            note = ""
+            if (
+                campaign.kind == Campaign.Kind.ONE_OFF
+                and campaign.send_at
+                and campaign.send_at > timezone.now()
+            ):
+                note = (
+                    f"Scheduled for {timezone.localtime(campaign.send_at):%Y-%m-%d %H:%M}; figures as of now."
+                )
+            elif campaign.kind == Campaign.Kind.RECURRING:
+                note = f"Runs on the schedule {campaign.schedule_cron!r}; figures as of now."
+            previews.append((campaign, campaign_preview(campaign=campaign), note))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Start sending?",
+            "previews": previews,
+            "startable": any(preview for _, preview, _ in previews),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/campaigns/campaign/start_confirmation.html", context)
 
     @admin.action(description="Pause")
     def pause(self, request, queryset):

@@ -1,15 +1,11 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
-from django.utils import timezone
 from tqdm import tqdm
 
-from campaigns.caps import CapLedger, policy_default
 from campaigns.lifecycle import CampaignStateError, campaign_batches, campaign_finish_if_done, campaign_start
 from campaigns.models import Campaign
-from campaigns.planning import campaign_audience, holdout_bucket, trigger_orders
-from campaigns.recommender import recommend_for_customers
+from campaigns.planning import campaign_preview
 from campaigns.sending import messages_send
-from customers.models import Customer, Product
 
 
 class Command(BaseCommand):
@@ -52,53 +48,20 @@ class Command(BaseCommand):
         self.stdout.write(f"campaign messages by status: {by_status}")
 
     def dry_run(self, campaign: Campaign) -> None:
-        now = timezone.now()
-        everyone, mailable = campaign_audience(campaign, now)
-        if campaign.kind == Campaign.Kind.POST_PURCHASE:
-            orders = trigger_orders(campaign=campaign, now=now).filter(customer__in=everyone)
-            ids = list(orders.filter(customer__in=mailable).values_list("customer_id", flat=True).distinct())
+        preview = campaign_preview(campaign=campaign)
+        if preview.trigger_orders is not None:
             self.stdout.write(
-                f"trigger orders in the last {campaign.trigger_lookback_days} days: {orders.count()}"
+                f"trigger orders in the last {campaign.trigger_lookback_days} days: {preview.trigger_orders}"
             )
-            audience = len(set(orders.values_list("customer_id", flat=True)))
-        else:
-            ids = list(mailable.values_list("pk", flat=True))
-            audience = everyone.count()
-        holdout = [
-            c
-            for c in ids
-            if holdout_bucket(campaign_id=campaign.pk, customer_id=c) < campaign.holdout_percent
-        ]
-        recipients = sorted(set(ids) - set(holdout))
-        ledger = CapLedger(
-            policy=campaign.frequency_policy or policy_default(), customer_ids=recipients, now=now
-        )
-        zones = dict(Customer.objects.filter(pk__in=recipients).values_list("pk", "timezone"))
-        capped = sum(
-            not ledger.check(customer_id=c, timezone_name=zones.get(c, "UTC")).allowed for c in recipients
-        )
-        self.stdout.write(f"audience (segment): {audience}")
-        self.stdout.write(f"suppressed or without consent: {audience - len(ids)}")
-        self.stdout.write(f"holdout ({campaign.holdout_percent}%): {len(holdout)}")
-        self.stdout.write(f"capped or in quiet hours now: {capped}")
-        self.stdout.write(f"would be sent: {len(recipients) - capped}")
-        sample = recipients[:5]
-        recs = recommend_for_customers(
-            customer_ids=sample,
-            k=campaign.offers_per_email,
-            categories=campaign.allowed_categories or None,
-            min_score=campaign.min_offer_score,
-        )
-        names = dict(
-            Product.objects.filter(pk__in={r.product_id for v in recs.values() for r in v}).values_list(
-                "pk", "name"
-            )
-        )
-        emails = dict(Customer.objects.filter(pk__in=sample).values_list("pk", "email"))
-        for customer_id in sample:
-            self.stdout.write(f"sample offers for {emails.get(customer_id)}:")
-            for r in recs.get(customer_id, []) or []:
-                self.stdout.write(f"  {r.score:.3f}  {names.get(r.product_id)}  — {r.reason}")
-            if not recs.get(customer_id):
+        self.stdout.write(f"audience (segment): {preview.audience}")
+        self.stdout.write(f"suppressed or without consent: {preview.suppressed}")
+        self.stdout.write(f"holdout ({campaign.holdout_percent}%): {preview.holdout}")
+        self.stdout.write(f"capped or in quiet hours now: {preview.capped}")
+        self.stdout.write(f"would be sent: {preview.would_send}")
+        for email, offers in preview.samples:
+            self.stdout.write(f"sample offers for {email}:")
+            for score, name, reason in offers:
+                self.stdout.write(f"  {score:.3f}  {name}  — {reason}")
+            if not offers:
                 self.stdout.write("  (no offer above the minimum score: would be skipped)")
         self.stdout.write(self.style.WARNING("dry run: nothing was planned or sent"))
