@@ -105,12 +105,16 @@ class FrequencyPolicy(models.Model):
         verbose_name_plural = "frequency policies"
         constraints = [
             models.UniqueConstraint(
-                fields=["is_default"], condition=Q(is_default=True), name="one_default_policy"
+                fields=["is_default"],
+                condition=Q(is_default=True),
+                name="one_default_policy",
+                violation_error_message="Another policy is already the default: untick it there first.",
             ),
             models.CheckConstraint(
                 condition=Q(quiet_start__isnull=True, quiet_end__isnull=True)
                 | Q(quiet_start__isnull=False, quiet_end__isnull=False),
                 name="policy_quiet_hours_both_or_none",
+                violation_error_message="Give both the start and the end of quiet hours, or neither.",
             ),
             # Equal times would read as quiet all day (nothing ever sent) or never: neither is meant.
             models.CheckConstraint(

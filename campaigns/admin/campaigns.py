@@ -6,7 +6,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import EmailMultiAlternatives
 from django.db.models import Count
 from django.http import HttpResponse
@@ -15,9 +15,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django_celery_beat.validators import crontab_validator
 
 from customers.admin_utils import EstimatedCountPaginator
-from customers.models import Customer
+from customers.models import Customer, Product
 
 from ..lifecycle import CampaignStateError, campaign_cancel, campaign_pause, campaign_resume, campaign_start
 from ..models import Campaign, CampaignRun, EmailTemplate, FrequencyPolicy, Message, Offer
@@ -220,12 +221,42 @@ class CampaignForm(forms.ModelForm):
             self.add_error(
                 "send_at", "A post-purchase campaign is sent after each order, not at a fixed time."
             )
-        if (
-            data.get("kind") == Campaign.Kind.RECURRING
-            and len((data.get("schedule_cron") or "").split()) != 5
+        if data.get("kind") == Campaign.Kind.RECURRING:
+            cron = data.get("schedule_cron") or ""
+            if len(cron.split()) != 5:
+                self.add_error(
+                    "schedule_cron", "Give five cron fields, e.g. '0 9 * * 1' for Mondays at 09:00."
+                )
+            else:
+                try:
+                    crontab_validator(cron)
+                except ValidationError as exc:
+                    self.add_error("schedule_cron", f"Not a schedule: {'; '.join(exc.messages)}.")
+        score = data.get("min_offer_score")
+        if score is not None and not 0 <= score <= 1:
+            self.add_error("min_offer_score", "A score is a probability: give a number from 0 to 1.")
+        for field, column in (
+            ("allowed_categories", "category"),
+            ("trigger_categories", "category"),
+            ("trigger_skus", "sku"),
         ):
-            self.add_error("schedule_cron", "Give five cron fields, e.g. '0 9 * * 1' for Mondays at 09:00.")
+            self._check_names(data, field, column)
         return data
+
+    def _check_names(self, data: dict, field: str, column: str) -> None:
+        """A list of names (JSON, e.g. ["Kitchen", "Garden"]) of which each is known: an unknown one would
+        silently match nothing, and the campaign would send nothing without saying why."""
+        value = data.get(field)
+        if value in (None, ""):
+            data[field] = []
+            return
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            self.add_error(field, 'Give a JSON list of names, e.g. ["Kitchen", "Garden"], or [] for none.')
+            return
+        known = Product.objects.filter(**{f"{column}__in": value}).values_list(column, flat=True)
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            self.add_error(field, f"No product has {', '.join(map(repr, unknown))}.")
 
 
 @admin.register(Campaign)

@@ -1,0 +1,77 @@
+"""The campaign and frequency policy forms refuse what would silently send nothing or never run."""
+
+import pytest
+
+from campaigns.admin.campaigns import CampaignForm
+from campaigns.models import Campaign, FrequencyPolicy
+
+from .campaign_fixtures import shop
+
+pytestmark = pytest.mark.django_db
+
+
+def _form(world, **fields) -> CampaignForm:
+    data = {
+        "name": "Add-ons",
+        "kind": Campaign.Kind.ONE_OFF,
+        "segment": world["segment"].pk,
+        "template": world["template"].pk,
+        "offers_per_email": 3,
+        "min_offer_score": 0,
+        "allowed_categories": "[]",
+        "delay_hours": 0,
+        "trigger_skus": "[]",
+        "trigger_categories": "[]",
+        "trigger_lookback_days": 3,
+        "holdout_percent": 10,
+        "utm_source": "xsell",
+        "utm_medium": "email",
+        "schedule_cron": "",
+    }
+    return CampaignForm(data={**data, **fields})
+
+
+def test_a_sound_campaign_is_accepted():
+    world = shop(recipients=1)
+    form = _form(world, allowed_categories='["accessories"]', trigger_skus='["CASE"]')
+    assert form.is_valid(), form.errors
+
+
+@pytest.mark.parametrize(
+    "fields, field, message",
+    [
+        ({"kind": "recurring", "schedule_cron": "99 99 * * 9"}, "schedule_cron", "not in 0-59 for Minutes"),
+        ({"kind": "recurring", "schedule_cron": "0 9 * *"}, "schedule_cron", "Give five cron fields"),
+        ({"min_offer_score": -3}, "min_offer_score", "from 0 to 1"),
+        ({"allowed_categories": '{"a": 1}'}, "allowed_categories", "JSON list of names"),
+        ({"trigger_skus": '"X1"'}, "trigger_skus", "JSON list of names"),
+        ({"trigger_categories": '["Coffee"]'}, "trigger_categories", "No product has 'Coffee'"),
+        ({"trigger_skus": '["CASE", "NOPE-1"]'}, "trigger_skus", "No product has 'NOPE-1'"),
+    ],
+)
+def test_a_campaign_that_could_not_run_as_meant_is_refused(fields, field, message):
+    world = shop(recipients=1)
+    form = _form(world, **fields)
+    assert not form.is_valid()
+    assert message in " ".join(form.errors.get(field, [])), form.errors
+
+
+def test_policy_constraints_explain_themselves_in_the_admin(admin_client):
+    from django.urls import reverse
+
+    FrequencyPolicy.objects.create(name="Default", is_default=True)
+    add = reverse("admin:campaigns_frequencypolicy_add")
+    base = {
+        "name": "Second",
+        "max_messages": 2,
+        "window_days": 7,
+        "min_gap_hours": 24,
+        "quiet_deadline_hours": 24,
+    }
+    page = admin_client.post(add, {**base, "is_default": "on"}).content.decode()
+    assert "Another policy is already the default" in page
+    page = admin_client.post(add, {**base, "quiet_start": "22:00"}).content.decode()
+    assert "Give both the start and the end of quiet hours, or neither." in page
+    page = admin_client.post(add, {**base, "quiet_start": "22:00", "quiet_end": "22:00"}).content.decode()
+    assert "Quiet hours must start and end at different times." in page
+    assert FrequencyPolicy.objects.count() == 1
