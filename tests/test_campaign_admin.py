@@ -75,3 +75,30 @@ def test_policy_constraints_explain_themselves_in_the_admin(admin_client):
     page = admin_client.post(add, {**base, "quiet_start": "22:00", "quiet_end": "22:00"}).content.decode()
     assert "Quiet hours must start and end at different times." in page
     assert FrequencyPolicy.objects.count() == 1
+
+
+def test_a_campaign_that_sent_keeps_its_audience_and_measurement_and_cannot_be_deleted(admin_client):
+    from django.urls import reverse
+
+    from campaigns.models import Message
+
+    world = shop(recipients=2)
+    c = Campaign.objects.create(
+        name="Sent",
+        template=world["template"],
+        segment=world["segment"],
+        status="sending",
+        holdout_percent=10,
+    )
+    change = reverse("admin:campaigns_campaign_change", args=[c.pk])
+    page = admin_client.get(change).content.decode()
+    assert 'name="holdout_percent"' not in page and 'name="segment"' not in page  # read only now
+    assert 'name="offers_per_email"' in page  # still adjustable while it sends
+    assert admin_client.get(reverse("admin:campaigns_campaign_delete", args=[c.pk])).status_code == 200
+    Message.objects.create(campaign=c, customer=world["recipients"][0], status="uncertain")
+    assert admin_client.get(reverse("admin:campaigns_campaign_delete", args=[c.pk])).status_code == 403
+    listing = admin_client.get(reverse("admin:campaigns_campaign_changelist")).content.decode()
+    assert "delete_selected" not in listing
+    Campaign.objects.filter(pk=c.pk).update(status="done")
+    page = admin_client.get(change).content.decode()
+    assert 'name="offers_per_email"' not in page and 'name="name"' not in page  # a record now

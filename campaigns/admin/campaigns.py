@@ -300,6 +300,33 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
         ("Progress", {"fields": ("message_counts", "started_at", "finished_at", "created_by")}),
     )
 
+    # Once a campaign has sent, who it was for and how it is measured stay as they were: the report is
+    # read against them (the holdout split is per campaign). Done and cancelled campaigns are records.
+    FROZEN_ONCE_STARTED = ("kind", "segment", "holdout_percent")
+    ACTIVE = (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED)
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        if obj is None or obj.status in self.ACTIVE:
+            return fields
+        if obj.status in (Campaign.Status.DONE, Campaign.Status.CANCELLED):
+            return (*fields, *CampaignForm.Meta.fields)
+        return (*fields, *self.FROZEN_ONCE_STARTED)
+
+    def has_delete_permission(self, request, obj=None):
+        # Deleting a campaign deletes its messages, which the frequency caps count and reports read:
+        # only one that never sent may go (cancel stops one for good).
+        if obj is not None and obj.messages.exclude(status__in=self.UNSENT).exists():
+            return False
+        return super().has_delete_permission(request, obj)
+
+    UNSENT = (Message.Status.PLANNED, Message.Status.SKIPPED, Message.Status.HOLDOUT)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would not ask has_delete_permission() per campaign
+        return actions
+
     @admin.display(description="messages by status")
     def message_counts(self, obj):
         if obj.pk is None:
