@@ -1,6 +1,21 @@
+import functools
+import zoneinfo
+
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def validate_time_zone(value: str) -> None:
+    # Sending falls back to UTC for an unknown zone: quiet hours would fall at the wrong time.
+    if value not in _time_zones():
+        raise ValidationError(f"{value!r} is not an IANA time zone (e.g. Europe/London, America/New_York).")
 
 
 class CustomerQuerySet(models.QuerySet):
@@ -28,7 +43,7 @@ class Customer(models.Model):
     first_name = models.CharField(max_length=100, blank=True)
     last_name = models.CharField(max_length=100, blank=True)
     country = models.CharField(max_length=64, blank=True, db_index=True)
-    timezone = models.CharField(max_length=64, default="UTC")
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
     marketing_consent = models.BooleanField(default=False)
     consent_at = models.DateTimeField(null=True, blank=True)
     consent_source = models.CharField(max_length=100, blank=True)

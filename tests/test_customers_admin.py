@@ -198,6 +198,12 @@ def test_changing_consent_in_the_admin_records_when(admin_client, others):
     assert bob.marketing_consent is True
     assert bob.consent_at is not None
     assert bob.consent_source.startswith("admin by ")
+    page = admin_client.post(
+        reverse("admin:customers_customer_change", args=[bob.pk]), {**data, "timezone": "Mars/Olympus"}
+    ).content.decode()
+    assert "is not an IANA time zone" in page  # sending would quietly use UTC
+    bob.refresh_from_db()
+    assert bob.timezone == "Europe/Paris"
 
 
 # ----------------------------------------------------------------------------------- products and orders
