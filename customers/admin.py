@@ -1,3 +1,5 @@
+import secrets
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -217,8 +219,9 @@ class ImportRunAdmin(admin.ModelAdmin):
         form = UploadForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             storage = FileSystemStorage(location=settings.MEDIA_ROOT / "imports")
+            folder = secrets.token_hex(8)  # a folder per upload: errors name the file as it was uploaded
             stored = {
-                key: storage.path(storage.save(f.name, f))
+                key: storage.path(storage.save(f"{folder}/{f.name}", f))
                 for key in ("orders", "customers", "products")
                 if (f := form.cleaned_data.get(key))
             }

@@ -402,6 +402,12 @@ def test_uploading_with_skip_invalid(admin_client, uploads, django_capture_on_co
     assert run.summary["invalid"] == 1
     assert run.errors == ["mixed.csv, line 3, column ordered_at: 'not a date' is not an ISO 8601 date-time"]
     assert list(Order.objects.values_list("external_id", flat=True)) == ["1001"]
+    orders.seek(0)  # the same file again: stored apart from the first, still named as uploaded
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            reverse("admin:customers_importrun_upload"), {"orders": orders, "skip_invalid": "on"}
+        )
+    assert ImportRun.objects.latest("pk").errors == run.errors
 
 
 def test_upload_needs_permission_to_add_orders(client, uploads):

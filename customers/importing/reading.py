@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import re
 import zoneinfo
@@ -81,11 +82,15 @@ class RowError:
         return f"{where}, column {self.column}: {self.reason}" if self.column else f"{where}: {self.reason}"
 
 
+def _in_file_order(error: RowError) -> tuple[str, int, str]:
+    return error.file, error.line, error.column
+
+
 class ImportFailed(Exception):
     """The file was refused; nothing from it was written."""
 
     def __init__(self, errors: list[RowError], total: int | None = None):
-        self.errors = errors
+        self.errors = sorted(errors, key=_in_file_order)  # found column by column: shown line by line
         self.total = total if total is not None else len(errors)
         shown = "\n".join(f"  {e}" for e in errors[:20])
         more = f"\n  … and {self.total - 20} more" if self.total > 20 else ""
@@ -103,7 +108,7 @@ class ImportSummary:
     def add_error(self, error: RowError) -> None:
         self.error_count += 1
         if len(self.errors) < MAX_REPORTED_ERRORS:
-            self.errors.append(error)
+            bisect.insort(self.errors, error, key=_in_file_order)  # found column by column: kept by line
 
     def as_dict(self) -> dict:
         return {
@@ -116,7 +121,7 @@ class ImportSummary:
         out = [f"{key.replace('_', ' ')}: {value}" for key, value in sorted(self.counts.items())]
         out += [f"skipped ({reason}): {value}" for reason, value in sorted(self.skipped.items())]
         if self.error_count:
-            out.append(f"invalid rows skipped: {self.error_count}")
+            out.append(f"errors (their rows skipped): {self.error_count}")
             out += [f"  {e}" for e in self.errors[:20]]
         return out
 
