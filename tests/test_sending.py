@@ -858,3 +858,22 @@ def test_starting_from_the_admin_shows_a_dry_run_and_sends_only_when_confirmed(w
     assert response.status_code == 302
     c.refresh_from_db()
     assert c.status == Campaign.Status.SENDING and c.messages.filter(status="planned").count() == 6
+
+
+def test_each_message_is_recorded_sent_at_the_time_its_server_accepted_it(world, smtp):
+    import time
+
+    arrived = {}
+
+    def slow_server(parsed):
+        time.sleep(0.25)  # a slow ESP: the batch's six emails take 1.5 s
+        arrived[parsed["To"]] = timezone.now()
+
+    smtp.on_data = slow_server
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    messages_send(message_ids=campaign_batches(campaign=c)[0])
+    sent = dict(Message.objects.filter(campaign=c, status="sent").values_list("customer__email", "sent_at"))
+    assert len(sent) == 6 and len(set(sent.values())) == 6
+    for address, when in sent.items():
+        assert abs((when - arrived[address]).total_seconds()) < 0.2, address  # not the batch's end

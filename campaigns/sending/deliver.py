@@ -17,7 +17,8 @@ import threading
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends import smtp as smtp_backend
-from django.db.models import F, Value
+from django.db import connection
+from django.db.models import Case, DateTimeField, F, Value, When
 from django.db.models.functions import Concat
 from django.utils import timezone
 
@@ -83,15 +84,29 @@ def retry_at(attempts: int, now: dt.datetime) -> dt.datetime:
     return now + dt.timedelta(seconds=base * random.uniform(0.5, 1.5))  # jitter spreads retries out
 
 
-def _record_sent(message_ids: list[int]) -> None:
-    """Mark a run of accepted messages sent in one statement (their Message-ID derives from the token)."""
-    if message_ids:
-        Message.objects.filter(pk__any=message_ids, status=Message.Status.SENDING).update(
+def _record_sent(sent: list[tuple[int, dt.datetime]]) -> None:
+    """Mark a run of accepted messages (id, when the server accepted it) sent, in one statement; their
+    Message-ID derives from the token. Each keeps its own time: a slow server or ESP can take minutes
+    over a run, and "clicked too soon after delivery" is measured from it."""
+    if not sent:
+        return
+    domain = f"@{mail_domain()}>"
+    if connection.vendor == "postgresql":
+        ids, times = (list(column) for column in zip(*sent, strict=True))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """UPDATE campaigns_message m SET status = %s, sent_at = v.t, message_id = '<' || m.token || %s
+                   FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, t)
+                   WHERE m.id = v.id AND m.status = %s""",
+                [Message.Status.SENT, domain, ids, times, Message.Status.SENDING],
+            )
+    else:
+        Message.objects.filter(pk__in=[pk for pk, _ in sent], status=Message.Status.SENDING).update(
             status=Message.Status.SENT,
-            sent_at=timezone.now(),
-            message_id=Concat(Value("<"), F("token"), Value(f"@{mail_domain()}>")),
+            sent_at=Case(*(When(pk=pk, then=Value(when)) for pk, when in sent), output_field=DateTimeField()),
+            message_id=Concat(Value("<"), F("token"), Value(domain)),
         )
-        message_ids.clear()
+    sent.clear()
 
 
 def _record(message: Message, outcome: str, error: str = "", hard_bounce: bool = False) -> None:
@@ -123,7 +138,7 @@ class Courier:
         self.counts = counts
         self.chunks: queue.Queue = queue.Queue(maxsize=depth)  # bounded: composing waits for SMTP
         self.outcomes: queue.SimpleQueue = queue.SimpleQueue()
-        self.sent: list[int] = []
+        self.sent: list[tuple[int, dt.datetime]] = []  # accepted, not recorded yet: (id, when)
         self.handed: set[int] = set()  # ids of the messages given to the thread: sent or recorded by it
         self.thread = threading.Thread(target=self._run, name="xsell-courier", daemon=True)
 
@@ -148,12 +163,12 @@ class Courier:
         """Record the outcomes the thread has reported so far."""
         while True:
             try:
-                message, outcome, error, hard = self.outcomes.get_nowait()
+                message, outcome, error, hard, when = self.outcomes.get_nowait()
             except queue.Empty:
                 return
             self.counts[outcome] += 1
             if outcome == _Outcome.SENT:
-                self.sent.append(message.pk)
+                self.sent.append((message.pk, when))
                 if len(self.sent) >= SENT_FLUSH:
                     _record_sent(self.sent)
             else:
@@ -172,10 +187,10 @@ class Courier:
                         connection, refused = None, f"cannot connect: {type(exc).__name__}: {exc}"
                 for message, email in ready:
                     if refused:  # nothing of it was sent: every message may be retried
-                        self.outcomes.put((message, _Outcome.RETRY, refused, False))
+                        self.outcomes.put((message, _Outcome.RETRY, refused, False, None))
                         continue
                     outcome, error, hard = _send_one(connection, email)
-                    self.outcomes.put((message, outcome, error, hard))
+                    self.outcomes.put((message, outcome, error, hard, timezone.now()))
                     if outcome != _Outcome.SENT and (outcome == _Outcome.UNCERTAIN or _closed(connection)):
                         # A new conversation for the next message. If the server cannot be reached, the
                         # rest of the batch is retried later instead of each waiting for a connection.
