@@ -42,11 +42,11 @@ def _classify(exc: Exception, *, may_have_arrived: bool = True) -> tuple[str, bo
     may_have_arrived: False when the backend knows the server cannot have it (see _may_have_arrived)."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         code, text = next(iter(exc.recipients.values()))
-        return _by_code(code, text, recipient=True)
-    if isinstance(exc, smtplib.SMTPSenderRefused | smtplib.SMTPDataError):
-        # Refusing our sender (its address, SPF, authentication) or the content says nothing about the
-        # recipient's mailbox: only a 5.1.x status in the answer to DATA is one of theirs.
-        return _by_code(exc.smtp_code, exc.smtp_error, recipient=isinstance(exc, smtplib.SMTPDataError))
+        return _by_code(code, text, at="RCPT")
+    if isinstance(exc, smtplib.SMTPSenderRefused):
+        return _by_code(exc.smtp_code, exc.smtp_error, at="MAIL")
+    if isinstance(exc, smtplib.SMTPDataError):
+        return _by_code(exc.smtp_code, exc.smtp_error, at="DATA")
     if isinstance(exc, ValueError):  # an address or header Django refuses (BadHeaderError too): never sent
         return _Outcome.FAILED, False, f"{type(exc).__name__}: {exc}"
     status = getattr(exc, "status_code", None)  # an ESP's HTTP API (anymail)
@@ -64,18 +64,20 @@ def _classify(exc: Exception, *, may_have_arrived: bool = True) -> tuple[str, bo
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.\d{1,3}\b")  # RFC 3463 status, e.g. 5.1.1
 
 
-def _by_code(code: int, text, *, recipient: bool) -> tuple[str, bool, str]:
+def _by_code(code: int, text, *, at: str) -> tuple[str, bool, str]:
+    """at: the command answered (MAIL, RCPT or DATA)."""
     text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
     if 400 <= code < 500:
         return _Outcome.RETRY, False, f"{code} {text}"
-    # A hard bounce is the recipient's mailbox or domain: 5.1.x, or at RCPT a bare 550/551/553 without
-    # an enhanced status naming another cause (5.7.1 is policy: a relay or a sender refused). Other 5xx
-    # (policy, content, size) fail only this message.
+    # A hard bounce is the recipient's mailbox or domain: a 5.1.x status (at RCPT, or at DATA from a
+    # server that checks recipients late), or at RCPT a bare 550/551/553. Refusing our sender (MAIL:
+    # its address, SPF, authentication), a relay or the content (5.7.x) says nothing about the
+    # recipient: those, like other 5xx (size, policy), fail only this message.
     status = _ENHANCED.search(text)
     if status is not None:
-        hard = recipient and status.group(1) == "5" and status.group(2) == "1"
+        hard = at != "MAIL" and status.group(1) == "5" and status.group(2) == "1"
     else:
-        hard = recipient and code in (550, 551, 553)
+        hard = at == "RCPT" and code in (550, 551, 553)
     return _Outcome.FAILED, hard, f"{code} {text}"
 
 
