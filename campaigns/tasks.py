@@ -1,10 +1,13 @@
 """Celery tasks: they take ids, call one service function and retry on transient errors."""
 
+import contextlib
+
 from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError
 
 from .lifecycle import (
+    CampaignStateError,
     campaign_batches,
     campaign_finish_if_done,
     campaign_start,
@@ -65,7 +68,9 @@ def tick() -> None:
     """Every minute (beat): sweep stuck sends, start due one-offs, plan post-purchase, dispatch."""
     messages_sweep_stuck()
     for campaign_id in campaigns_due():
-        campaign_start(campaign=Campaign.objects.get(pk=campaign_id))
+        # Started meanwhile (another tick, the admin) or cancelled: the rest of the tick goes on.
+        with contextlib.suppress(CampaignStateError):
+            campaign_start(campaign=Campaign.objects.get(pk=campaign_id))
     plan_post_purchase()
     for campaign_id in Campaign.objects.filter(status=Campaign.Status.SENDING).values_list("pk", flat=True):
         dispatch.delay(campaign_id=campaign_id)
