@@ -10,6 +10,7 @@ import datetime as dt
 import random
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from customers.importing import customer_stats_refresh, product_stats_refresh
@@ -17,7 +18,7 @@ from customers.models import Order, OrderLine
 
 from .caps import policy_default
 from .events import messages_first_touch_refresh
-from .models import Campaign, Conversion, EmailTemplate, Event, Message, Segment
+from .models import Campaign, Conversion, EmailTemplate, Event, Message, Offer, Segment
 
 DEMO_CAMPAIGN = "Demo: post-purchase add-ons"
 
@@ -76,6 +77,30 @@ def demo_campaign_ensure() -> Campaign:
         },
     )
     return campaign
+
+
+# The simulated behaviour after a send spans up to 20 days (later purchases): the demo's send is dated
+# this far back, so that all of it has happened by the day of the demo.
+DEMO_BACKDATE = dt.timedelta(days=21)
+
+
+@transaction.atomic
+def demo_send_backdate(*, campaign: Campaign, by: dt.timedelta = DEMO_BACKDATE) -> None:
+    """Move the demo campaign's send back in time, with the orders that triggered its messages (demo
+    data too), so that nothing simulated after it is dated in the future: no report of the demo then
+    shows days to come, or a customer value "as of" next month."""
+    messages = Message.objects.filter(campaign=campaign)
+    orders = Order.objects.filter(pk__in=messages.exclude(trigger_order=None).values("trigger_order_id"))
+    customers = sorted(set(orders.values_list("customer_id", flat=True)))
+    orders.update(placed_at=F("placed_at") - by)
+    for name in ("created_at", "claimed_at", "sent_at", "send_after", "delivered_at"):
+        messages.filter(**{f"{name}__isnull": False}).update(**{name: F(name) - by})
+    Offer.objects.filter(message__campaign=campaign).update(created_at=F("created_at") - by)
+    for name in ("created_at", "planned_at", "finished_at"):
+        campaign.runs.filter(**{f"{name}__isnull": False}).update(**{name: F(name) - by})
+    for name in ("created_at", "started_at", "finished_at"):
+        Campaign.objects.filter(pk=campaign.pk, **{f"{name}__isnull": False}).update(**{name: F(name) - by})
+    customer_stats_refresh(customer_ids=customers)
 
 
 @transaction.atomic

@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from campaigns.demo import demo_campaign_ensure, demo_events_simulate
+from campaigns.demo import demo_campaign_ensure, demo_events_simulate, demo_send_backdate
 from campaigns.models import Message, ModelVersion
 
 
@@ -26,6 +26,7 @@ class Command(BaseCommand):
         campaign = demo_campaign_ensure()
         if not campaign.messages.filter(status=Message.Status.SENT).exists():
             call_command("run_campaign", str(campaign.pk), verbosity=opts["verbosity"])
+            demo_send_backdate(campaign=campaign)  # so that its simulated month has already happened
             counts = demo_events_simulate(campaign=campaign)
             self.stdout.write(f"simulated recipients' behaviour: {counts}")
         user_model = get_user_model()
