@@ -230,3 +230,28 @@ def test_command_also_prepares_the_demo_campaign():
     call_command("generate_demo_data", "--customers", "50", "--seed", "2", verbosity=0)
     campaign = Campaign.objects.get(name="Demo: post-purchase add-ons")
     assert campaign.kind == Campaign.Kind.POST_PURCHASE and campaign.segment and campaign.template
+
+
+@pytest.mark.django_db
+def test_the_demo_setup_dates_nothing_in_the_future(capsys):
+    from django.db.models import Max
+    from django.utils import timezone
+
+    from campaigns.models import Campaign, Event, Message
+
+    call_command("generate_demo_data", "--customers", "300", "--seed", "3", verbosity=0)
+    call_command("demo_setup", verbosity=0)
+    assert "simulated recipients' behaviour" in capsys.readouterr().out
+    campaign = Campaign.objects.get(name="Demo: post-purchase add-ons")
+    now = timezone.now()
+    sent = Message.objects.filter(campaign=campaign, status="sent")
+    assert sent.exists() and Event.objects.filter(message__campaign=campaign, is_simulated=True).exists()
+    latest = [
+        sent.aggregate(t=Max("sent_at"))["t"],
+        Event.objects.aggregate(t=Max("occurred_at"))["t"],
+        Order.objects.aggregate(t=Max("placed_at"))["t"],
+        Customer.objects.aggregate(t=Max("last_order_at"))["t"],
+    ]
+    assert all(t <= now for t in latest), latest
+    for message in sent.exclude(trigger_order=None).select_related("trigger_order")[:50]:
+        assert message.trigger_order.placed_at <= message.sent_at  # sent after the order that asked for it

@@ -693,6 +693,8 @@ def _suppressed() -> dict[str, str]:
     [
         ("MAIL", "553 5.7.1 <offers@shop.example>: Sender address rejected: not owned by user"),
         ("DATA", "550 5.7.1 Message rejected as spam"),
+        ("DATA", "554 Message rejected: content"),
+        ("DATA", "550 Message rejected"),  # no enhanced status: at DATA, not the mailbox's
         ("RCPT", "550 5.7.1 Relaying denied"),
     ],
 )
@@ -877,3 +879,15 @@ def test_each_message_is_recorded_sent_at_the_time_its_server_accepted_it(world,
     assert len(sent) == 6 and len(set(sent.values())) == 6
     for address, when in sent.items():
         assert abs((when - arrived[address]).total_seconds()) < 0.2, address  # not the batch's end
+
+
+def test_a_tick_goes_on_when_a_due_campaign_was_started_meanwhile(world, monkeypatch):
+    from campaigns import tasks
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)  # started by another tick since this one read it as due
+    monkeypatch.setattr(tasks, "campaigns_due", lambda: [c.pk])
+    dispatched = []
+    monkeypatch.setattr(tasks.dispatch, "delay", lambda **kwargs: dispatched.append(kwargs["campaign_id"]))
+    tasks.tick()
+    assert dispatched == [c.pk]  # the sending campaigns were still dispatched
