@@ -868,7 +868,7 @@ def test_each_message_is_recorded_sent_at_the_time_its_server_accepted_it(world,
     arrived = {}
 
     def slow_server(parsed):
-        time.sleep(0.25)  # a slow ESP: the batch's six emails take 1.5 s
+        time.sleep(0.3)  # a slow ESP: the batch's six emails take 1.8 s
         arrived[parsed["To"]] = timezone.now()
 
     smtp.on_data = slow_server
@@ -878,7 +878,8 @@ def test_each_message_is_recorded_sent_at_the_time_its_server_accepted_it(world,
     sent = dict(Message.objects.filter(campaign=c, status="sent").values_list("customer__email", "sent_at"))
     assert len(sent) == 6 and len(set(sent.values())) == 6
     for address, when in sent.items():
-        assert abs((when - arrived[address]).total_seconds()) < 0.2, address  # not the batch's end
+        # Not the batch's end (1.5 s after the first was accepted); the margin is for a loaded machine.
+        assert abs((when - arrived[address]).total_seconds()) < 0.6, address
 
 
 def test_a_tick_goes_on_when_a_due_campaign_was_started_meanwhile(world, monkeypatch):
