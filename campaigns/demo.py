@@ -132,7 +132,13 @@ def demo_events_simulate(*, campaign: Campaign, seed: int = 7) -> dict[str, int]
         if rng.random() < 0.45:
             events.append(_event(message, Event.Kind.ACCEPT, when + dt.timedelta(minutes=2), offer=offer))
             counts["accepts"] += 1
-            new_orders.append((message.customer_id, [offer.product], when + dt.timedelta(minutes=10)))
+            basket = [offer.product]
+            others = [
+                o.product for o in offers if o.pk != offer.pk and o.product.currency == offer.product.currency
+            ]
+            if others and rng.random() < 0.35:  # another add-on of the same email in the same order
+                basket.append(rng.choice(others))
+            new_orders.append((message.customer_id, basket, when + dt.timedelta(minutes=10)))
     # Everyone also buys on their own now and then, recipients and holdout alike: the baseline the
     # uplift is measured against. Only recipients were shown offers, so their acceptances come on top.
     members = Message.objects.filter(
@@ -140,15 +146,21 @@ def demo_events_simulate(*, campaign: Campaign, seed: int = 7) -> dict[str, int]
     )
     for message in members.order_by("pk"):
         if rng.random() < 0.05:
-            line = (
-                OrderLine.objects.filter(order__customer_id=message.customer_id)
+            bought = [
+                line.product
+                for line in OrderLine.objects.filter(order__customer_id=message.customer_id)
                 .select_related("product")
-                .first()
-            )
-            if line:
+                .order_by("pk")[:5]
+            ]
+            if bought:
+                # Orders of one product or more, as real ones are: the cross-sell ratio's baseline.
+                basket = [bought[0]]
+                more = [p for p in bought[1:] if p.pk != bought[0].pk and p.currency == bought[0].currency]
+                if more and rng.random() < 0.3:
+                    basket.append(more[0])
                 start = message.sent_at or message.created_at
                 new_orders.append(
-                    (message.customer_id, [line.product], start + dt.timedelta(days=rng.uniform(1, 20)))
+                    (message.customer_id, basket, start + dt.timedelta(days=rng.uniform(1, 20)))
                 )
     Event.objects.bulk_create(events, ignore_conflicts=True)
     messages_first_touch_refresh(message_ids=sorted({e.message_id for e in events}))

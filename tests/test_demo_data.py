@@ -255,3 +255,7 @@ def test_the_demo_setup_dates_nothing_in_the_future(capsys):
     assert all(t <= now for t in latest), latest
     for message in sent.exclude(trigger_order=None).select_related("trigger_order")[:50]:
         assert message.trigger_order.placed_at <= message.sent_at  # sent after the order that asked for it
+    from campaigns.reports.queries import window_orders
+
+    # Simulated orders of more than one product now and then: the demo's cross-sell ratio is not 0.
+    assert window_orders(scope={"campaign": campaign}, status="sent")["cross_sell_ratio"] > 0
