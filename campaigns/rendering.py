@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import re
-import resource
 import signal
 import threading
 import time
@@ -20,6 +19,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import css_inline
+
+try:
+    import resource  # Unix only
+except ImportError:
+    resource = None
 from django.conf import settings
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
@@ -303,38 +307,44 @@ class _memory_cap:
     _users = 0
     _previous: tuple[int, int] | None = None
 
+    # The steps are ordered so that an exception between two of them (a task's time limit, raised by a
+    # signal handler) leaves the process uncapped rather than capped for good: the count goes up before
+    # the cap is set and down after it is lifted, and the limits to restore are kept before the cap.
+
     def __enter__(self):
         cls = _memory_cap
         with cls._lock:
-            if cls._users == 0:
-                cls._previous = _cap_set()
             cls._users += 1
+            if cls._users == 1:
+                _cap_set(cls)
 
     def __exit__(self, *exc):
         cls = _memory_cap
         with cls._lock:
-            cls._users -= 1
-            if cls._users == 0 and cls._previous is not None:
+            if cls._users == 1 and cls._previous is not None:
                 resource.setrlimit(resource.RLIMIT_DATA, cls._previous)
                 cls._previous = None
+            cls._users -= 1
 
 
-def _cap_set() -> tuple[int, int] | None:
-    """Lower RLIMIT_DATA to the data size now plus MAX_RENDER_BYTES; the limits it replaced, or None
-    when it was left as it was (no /proc, or a lower limit already set)."""
+def _cap_set(cap_state) -> None:
+    """Lower RLIMIT_DATA to the data size now plus MAX_RENDER_BYTES, keeping the limits it replaces in
+    cap_state._previous; leave it as it is without resource or /proc, or under a lower limit."""
+    if resource is None:
+        return
     try:
         with open("/proc/self/status", "rb") as status:
             used = int(re.search(rb"^VmData:\s+(\d+) kB", status.read(), re.MULTILINE).group(1)) * 1024
     except (OSError, AttributeError):  # no /proc, or no VmData line in it
-        return None
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
     cap = used + MAX_RENDER_BYTES
     if hard != resource.RLIM_INFINITY:
         cap = min(cap, hard)
     if soft != resource.RLIM_INFINITY and soft <= cap:
-        return None
+        return
+    cap_state._previous = (soft, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
-    return soft, hard
 
 
 class render_session:

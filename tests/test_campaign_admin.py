@@ -102,3 +102,45 @@ def test_a_campaign_that_sent_keeps_its_audience_and_measurement_and_cannot_be_d
     Campaign.objects.filter(pk=c.pk).update(status="done")
     page = admin_client.get(change).content.decode()
     assert 'name="offers_per_email"' not in page and 'name="name"' not in page  # a record now
+
+
+def test_a_recurring_campaign_between_runs_keeps_its_audience_and_measurement(admin_client):
+    from django.urls import reverse
+
+    world = shop(recipients=1)
+    c = Campaign.objects.create(
+        name="Weekly",
+        kind="recurring",
+        schedule_cron="0 9 * * 1",
+        template=world["template"],
+        segment=world["segment"],
+        status="scheduled",  # back to scheduled after a run
+    )
+    c.runs.create(key="2026-11-23T09")
+    page = admin_client.get(reverse("admin:campaigns_campaign_change", args=[c.pk])).content.decode()
+    assert 'name="holdout_percent"' not in page and 'name="kind"' not in page
+    from django.forms import modelform_factory
+
+    # As the admin builds the form once kind is read only: without it.
+    fields = [f for f in CampaignForm.Meta.fields if f not in ("kind", "segment", "holdout_percent")]
+    form = modelform_factory(Campaign, form=CampaignForm, fields=fields)(
+        instance=c, data={"schedule_cron": "99 99 * * 9"}
+    )
+    form.is_valid()
+    assert "not in 0-59 for Minutes" in " ".join(form.errors.get("schedule_cron", []))  # still validated
+
+
+def test_preview_and_send_test_use_a_real_customer_only_for_who_may_see_customers(client):
+    from django.contrib.auth.models import Permission, User
+    from django.urls import reverse
+
+    world = shop(recipients=1)
+    customer = world["recipients"][0]
+    user = User.objects.create_user("writer", password="pw", is_staff=True)
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_emailtemplate", "change_emailtemplate"])
+    )
+    client.force_login(user)
+    url = reverse("admin:campaigns_emailtemplate_preview", args=[world["template"].pk])
+    page = client.get(url, {"customer": customer.external_id}).content.decode()
+    assert customer.first_name not in page and "Ada" in page  # the sample customer

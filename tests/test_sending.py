@@ -696,6 +696,8 @@ def _suppressed() -> dict[str, str]:
         ("DATA", "554 Message rejected: content"),
         ("DATA", "550 Message rejected"),  # no enhanced status: at DATA, not the mailbox's
         ("RCPT", "550 5.7.1 Relaying denied"),
+        ("RCPT", "553 5.1.8 <offers@shop.example>: Sender address rejected: Domain not found"),
+        ("DATA", "554 Client host [5.1.20.4] blocked using a block list"),
     ],
 )
 def test_a_refused_sender_relay_or_content_fails_the_message_and_suppresses_nobody(

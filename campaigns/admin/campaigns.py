@@ -118,9 +118,10 @@ class EmailTemplateAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _customer(request) -> Customer | None:
-        """The customer named in ?customer= by external id (or, failing that, database id)."""
+        """The customer named in ?customer= by external id (or, failing that, database id), for someone
+        who may see customers: Send test mails the render to any address."""
         wanted = request.GET.get("customer", "").strip()
-        if not wanted:
+        if not wanted or not request.user.has_perm("customers.view_customer"):
             return None
         customer = Customer.objects.filter(external_id=wanted).first()
         if customer is None and wanted.isdigit():
@@ -217,6 +218,8 @@ class CampaignForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        if "kind" not in self.fields:  # read only once the campaign has started: the stored one
+            data["kind"] = self.instance.kind
         if data.get("kind") == Campaign.Kind.POST_PURCHASE and data.get("send_at"):
             self.add_error(
                 "send_at", "A post-purchase campaign is sent after each order, not at a fixed time."
@@ -307,7 +310,8 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         fields = super().get_readonly_fields(request, obj)
-        if obj is None or obj.status in self.ACTIVE:
+        # Status alone does not say it: a recurring campaign is "scheduled" again between its runs.
+        if obj is None or (obj.status in self.ACTIVE and obj.started_at is None and not obj.runs.exists()):
             return fields
         if obj.status in (Campaign.Status.DONE, Campaign.Status.CANCELLED):
             return (*fields, *CampaignForm.Meta.fields)

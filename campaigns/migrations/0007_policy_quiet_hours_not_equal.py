@@ -3,6 +3,12 @@
 from django.db import migrations, models
 
 
+def equal_quiet_hours_to_none(apps, schema_editor):
+    # Such a policy was read as quiet all day (nothing sent); the code now reads it as none: store it so.
+    FrequencyPolicy = apps.get_model("campaigns", "FrequencyPolicy")
+    FrequencyPolicy.objects.filter(quiet_start=models.F("quiet_end")).update(quiet_start=None, quiet_end=None)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -10,6 +16,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.RunPython(equal_quiet_hours_to_none, migrations.RunPython.noop),
         migrations.AddConstraint(
             model_name='frequencypolicy',
             constraint=models.CheckConstraint(condition=models.Q(('quiet_start__isnull', True), models.Q(('quiet_start', models.F('quiet_end')), _negated=True), _connector='OR'), name='policy_quiet_hours_not_equal', violation_error_message='Quiet hours must start and end at different times.'),

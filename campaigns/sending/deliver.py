@@ -61,7 +61,10 @@ def _classify(exc: Exception, *, may_have_arrived: bool = True) -> tuple[str, bo
     return outcome, False, f"{type(exc).__name__}: {exc}"
 
 
-_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.\d{1,3}\b")  # RFC 3463 status, e.g. 5.1.1
+# RFC 3463 status at the start of the reply text (or of a line of it), e.g. 5.1.1: not an IP address
+# somewhere in the text ("Client host [5.1.20.4] blocked").
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b", re.MULTILINE)
+_SENDER_STATUS = {"7", "8"}  # 5.1.7 and 5.1.8: the sender's address is bad, not the recipient's
 
 
 def _by_code(code: int, text, *, at: str) -> tuple[str, bool, str]:
@@ -75,7 +78,12 @@ def _by_code(code: int, text, *, at: str) -> tuple[str, bool, str]:
     # recipient: those, like other 5xx (size, policy), fail only this message.
     status = _ENHANCED.search(text)
     if status is not None:
-        hard = at != "MAIL" and status.group(1) == "5" and status.group(2) == "1"
+        hard = (
+            at != "MAIL"
+            and status.group(1) == "5"
+            and status.group(2) == "1"
+            and status.group(3) not in _SENDER_STATUS  # Postfix refuses a sender at RCPT with these
+        )
     else:
         hard = at == "RCPT" and code in (550, 551, 553)
     return _Outcome.FAILED, hard, f"{code} {text}"
@@ -150,8 +158,10 @@ class Courier:
 
     def send(self, ready: list[tuple[Message, EmailMultiAlternatives]]) -> None:
         if ready:
-            self.chunks.put(ready)
+            # Marked before it is queued: if the caller is interrupted in between, these stay "sending"
+            # (the sweep's "uncertain") instead of being planned again while the courier may send them.
             self.handed.update(message.pk for message, _ in ready)
+            self.chunks.put(ready)
         self.record()
 
     def __exit__(self, *exc) -> None:

@@ -92,7 +92,7 @@ class ImportFailed(Exception):
     def __init__(self, errors: list[RowError], total: int | None = None):
         self.errors = sorted(errors, key=_in_file_order)  # found column by column: shown line by line
         self.total = total if total is not None else len(errors)
-        shown = "\n".join(f"  {e}" for e in errors[:20])
+        shown = "\n".join(f"  {e}" for e in self.errors[:20])
         more = f"\n  … and {self.total - 20} more" if self.total > 20 else ""
         super().__init__(f"{self.total} invalid row(s), nothing was written:\n{shown}{more}")
 
