@@ -146,20 +146,21 @@ def campaign_preview(
     now = now or timezone.now()
     everyone, mailable = campaign_audience(campaign, now)
     orders_count = None
+    # The mailable with their time zones in one read (the quiet hours check needs them).
     if campaign.kind == Campaign.Kind.POST_PURCHASE:
         orders = trigger_orders(campaign=campaign, now=now).filter(customer__in=everyone)
-        ids = list(orders.filter(customer__in=mailable).values_list("customer_id", flat=True).distinct())
+        zones = dict(orders.filter(customer__in=mailable).values_list("customer_id", "customer__timezone"))
         orders_count = orders.count()
         audience = len(set(orders.values_list("customer_id", flat=True)))
     else:
-        ids = list(mailable.values_list("pk", flat=True))
+        zones = dict(mailable.values_list("pk", "timezone"))
         audience = everyone.count()
+    ids = list(zones)
     holdout = {
         c for c in ids if holdout_bucket(campaign_id=campaign.pk, customer_id=c) < campaign.holdout_percent
     }
     recipients = sorted(set(ids) - holdout)
     ledger = CapLedger(policy=campaign.frequency_policy or policy_default(), customer_ids=recipients, now=now)
-    zones = dict(Customer.objects.filter(pk__in=recipients).values_list("pk", "timezone"))
     capped = sum(
         not ledger.check(customer_id=c, timezone_name=zones.get(c, "UTC")).allowed for c in recipients
     )
@@ -175,7 +176,7 @@ def campaign_preview(
             "pk", "name"
         )
     )
-    emails = dict(Customer.objects.filter(pk__in=shown).values_list("pk", "email"))
+    emails = dict(Customer.objects.filter(pk__any=shown).values_list("pk", "email"))
     return CampaignPreview(
         audience=audience,
         suppressed=audience - len(ids),
