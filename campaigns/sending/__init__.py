@@ -15,7 +15,6 @@ import logging
 import sys
 import threading
 
-from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.utils import timezone
 
@@ -23,7 +22,7 @@ from ..models import Message
 from ..recommender.stored import ProductRows
 from .claim import messages_claim, messages_due, messages_sweep_stuck
 from .compose import OfferDraft, messages_build, offers_pick, product_url, with_utm
-from .deliver import Courier, retry_at
+from .deliver import Courier, retry_fields
 from .store import Store
 
 __all__ = [
@@ -84,12 +83,9 @@ def _release(messages: list[Message], exc: BaseException) -> None:
     try:
         for attempts in sorted({m.attempts for m in messages}):
             ids = [m.pk for m in messages if m.attempts == attempts]
-            fields = (
-                {"status": Message.Status.PLANNED, "send_after": retry_at(attempts, now)}
-                if attempts < settings.SEND_MAX_ATTEMPTS
-                else {"status": Message.Status.FAILED}
+            Message.objects.filter(pk__any=ids, status=Message.Status.SENDING).update(
+                error=error, **retry_fields(attempts, now)
             )
-            Message.objects.filter(pk__any=ids, status=Message.Status.SENDING).update(error=error, **fields)
     except Exception:  # noqa: BLE001 - the database may be what failed: then the sweep has them
         log.exception("could not plan again the %s messages a failed batch did not send", len(messages))
 

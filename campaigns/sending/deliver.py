@@ -89,9 +89,17 @@ def _by_code(code: int, text, *, at: str) -> tuple[str, bool, str]:
     return _Outcome.FAILED, hard, f"{code} {text}"
 
 
-def retry_at(attempts: int, now: dt.datetime) -> dt.datetime:
+def retry_fields(attempts: int, now: dt.datetime) -> dict:
+    """The status of a message that may be tried again after `attempts`: planned after an exponential
+    backoff, or failed once SEND_MAX_ATTEMPTS were made."""
+    if attempts >= settings.SEND_MAX_ATTEMPTS:
+        return {"status": Message.Status.FAILED}
     base = settings.SEND_RETRY_BASE_SECONDS * (2 ** max(attempts - 1, 0))
-    return now + dt.timedelta(seconds=base * random.uniform(0.5, 1.5))  # jitter spreads retries out
+    # The jitter spreads retries out.
+    return {
+        "status": Message.Status.PLANNED,
+        "send_after": now + dt.timedelta(seconds=base * random.uniform(0.5, 1.5)),
+    }
 
 
 def _record_sent(sent: list[tuple[int, dt.datetime]]) -> None:
@@ -122,8 +130,8 @@ def _record_sent(sent: list[tuple[int, dt.datetime]]) -> None:
 def _record(message: Message, outcome: str, error: str = "", hard_bounce: bool = False) -> None:
     now = timezone.now()
     fields: dict = {"error": error[:2000]}
-    if outcome == _Outcome.RETRY and message.attempts < settings.SEND_MAX_ATTEMPTS:
-        fields.update(status=Message.Status.PLANNED, send_after=retry_at(message.attempts, now))
+    if outcome == _Outcome.RETRY:
+        fields.update(retry_fields(message.attempts, now))
     elif outcome == _Outcome.UNCERTAIN:
         fields.update(status=Message.Status.UNCERTAIN)
     else:
