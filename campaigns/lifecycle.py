@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+from celery.schedules import ParseException, crontab
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -80,8 +81,46 @@ def _schedule_recurring(campaign: Campaign, cron: str) -> None:
     Campaign.objects.filter(pk=campaign.pk).update(periodic_task=task)
 
 
+def schedule_slot(cron: str, now: dt.datetime) -> dt.datetime | None:
+    """The latest minute at or before `now` (UTC) at which the 5-field cron fires, read as beat reads it
+    (Celery's crontab: a day must match both the day of month and the day of week); None when the
+    expression is invalid or fires on none of the last 5 years' days."""
+    try:
+        minute, hour, day, month, weekday = cron.split()
+        schedule = crontab(
+            minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday
+        )
+    except (ValueError, ParseException):
+        return None
+    now = now.astimezone(dt.UTC).replace(second=0, microsecond=0)
+    for back in range(366 * 5):
+        date = now.date() - dt.timedelta(days=back)
+        if not (
+            date.month in schedule.month_of_year
+            and date.day in schedule.day_of_month
+            and date.isoweekday() % 7 in schedule.day_of_week  # Sunday is 0
+        ):
+            continue
+        for h in sorted(schedule.hour, reverse=True):
+            for m in sorted(schedule.minute, reverse=True):
+                slot = dt.datetime(date.year, date.month, date.day, h, m, tzinfo=dt.UTC)
+                if slot <= now:
+                    return slot
+    return None
+
+
+def run_key(campaign: Campaign, now: dt.datetime) -> str:
+    """A recurring run's key: the schedule slot it belongs to. A beat tick that runs late (a busy
+    worker) or twice (two beat processes) finds the same slot, so the slot is planned once; a schedule
+    that fires more often than hourly gets a run per slot. Without a readable schedule: the minute."""
+    slot = schedule_slot(campaign.schedule_cron, now) or now.astimezone(dt.UTC).replace(
+        second=0, microsecond=0
+    )
+    return slot.strftime("%Y-%m-%dT%H:%M")
+
+
 def recurring_run(*, campaign: Campaign, now: dt.datetime | None = None) -> None:
-    """One scheduled run. Keyed by the hour, so two beat ticks for the same slot plan one run."""
+    """One scheduled run, keyed by its schedule slot (run_key): two beat ticks for one slot plan one run."""
     now = now or timezone.now()
     with transaction.atomic():  # as in campaign_start: sending only once the run is planned
         # Conditional: a campaign paused or cancelled since the caller read it stays so.
@@ -90,7 +129,7 @@ def recurring_run(*, campaign: Campaign, now: dt.datetime | None = None) -> None
         ).update(status=Campaign.Status.SENDING, started_at=now)
         campaign.refresh_from_db()
         if started:
-            campaign_plan(campaign=campaign, run_key=now.strftime("%Y-%m-%dT%H"), now=now)
+            campaign_plan(campaign=campaign, run_key=run_key(campaign, now), now=now)
 
 
 def campaign_pause(*, campaign: Campaign) -> None:

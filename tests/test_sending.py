@@ -94,6 +94,50 @@ def test_two_beat_ticks_for_the_same_slot_plan_one_run(world, smtp):
     assert set(smtp.count_by_recipient().values()) == {1}
 
 
+def test_a_recurring_run_is_keyed_by_its_schedule_slot_not_the_hour_it_runs_in(world, smtp):
+    """An hourly run at :45 whose tick a busy worker runs 17 minutes late, in the next hour, and a second
+    beat's tick on time are one run; a schedule every 15 minutes gets a run per slot, not one per hour."""
+    import datetime as dt
+
+    c = campaign(
+        template=world["template"],
+        segment=world["segment"],
+        kind=Campaign.Kind.RECURRING,
+        status=Campaign.Status.SCHEDULED,
+        schedule_cron="45 * * * *",
+    )
+    slot = timezone.now().astimezone(dt.UTC).replace(minute=45, second=0, microsecond=0) - dt.timedelta(
+        hours=2
+    )
+    recurring_run(campaign=c, now=slot + dt.timedelta(minutes=17))
+    recurring_run(campaign=c, now=slot + dt.timedelta(seconds=3))
+    assert list(c.runs.values_list("key", flat=True)) == [slot.strftime("%Y-%m-%dT%H:%M")]
+    _send_all(c)
+    assert set(smtp.count_by_recipient().values()) == {1}
+
+    Campaign.objects.filter(pk=c.pk).update(status=Campaign.Status.SCHEDULED, schedule_cron="*/15 * * * *")
+    c.refresh_from_db()
+    recurring_run(campaign=c, now=slot + dt.timedelta(minutes=30, seconds=2))  # the :15 slot
+    recurring_run(campaign=c, now=slot + dt.timedelta(minutes=45, seconds=2))  # the :30 slot
+    assert sorted(c.runs.values_list("key", flat=True))[1:] == [
+        (slot + dt.timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M") for m in (30, 45)
+    ]
+
+
+def test_schedule_slot_reads_the_cron_as_beat_does():
+    import datetime as dt
+
+    from campaigns.lifecycle import schedule_slot
+
+    now = dt.datetime(2026, 11, 29, 10, 7, 30, tzinfo=dt.UTC)  # a Sunday
+    assert schedule_slot("*/15 * * * *", now) == now.replace(minute=0, second=0)
+    assert schedule_slot("30 9 * * mon-fri", now) == dt.datetime(2026, 11, 27, 9, 30, tzinfo=dt.UTC)
+    assert schedule_slot("0 8 1 * *", now) == dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
+    assert schedule_slot("7 10 * * *", now) == now.replace(second=0)  # fires this very minute
+    assert schedule_slot("0 0 29 2 *", now) == dt.datetime(2024, 2, 29, tzinfo=dt.UTC)
+    assert schedule_slot("99 * * * *", now) is None
+
+
 def test_a_recurring_run_leaves_a_campaign_cancelled_meanwhile_cancelled(world):
     from campaigns.lifecycle import campaign_cancel
 
