@@ -318,6 +318,35 @@ def test_stuck_sending_becomes_uncertain_and_is_never_resent(world, smtp, settin
     assert Message.objects.get(pk=m.pk).status == "uncertain"
 
 
+def test_a_slow_server_gets_no_email_after_the_batch_deadline_the_rest_is_sent_later(
+    world, smtp, monkeypatch
+):
+    """Past most of SEND_STUCK_MINUTES the sweep may call the batch's messages uncertain: the courier
+    hands the server nothing more, and the rest of the batch is planned again instead of being sent
+    and recorded as uncertain (or left for the sweep)."""
+    import time
+
+    import campaigns.sending as sending
+
+    monkeypatch.setattr(sending, "send_deadline", lambda: time.monotonic() + 0.6)
+    smtp.on_data = lambda message: time.sleep(0.25)  # a slow server
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    counts = {}
+    for ids in campaign_batches(campaign=c):
+        counts = messages_send(message_ids=ids)
+    assert 0 < counts["sent"] < 6 and counts["sent"] + counts["retry"] == 6
+    late = Message.objects.filter(campaign=c, status="planned")
+    assert late.count() == counts["retry"] and all("ran out of time" in m.error for m in late)
+    assert not Message.objects.filter(campaign=c, status__in=("sending", "uncertain")).exists()
+
+    smtp.on_data = None
+    monkeypatch.undo()
+    late.update(send_after=None)
+    _send_all(c)
+    assert smtp.count_by_recipient() == {f"r{i}@example.com": 1 for i in range(6)}
+
+
 def test_post_purchase_plans_one_message_per_trigger_order_after_the_delay(world, smtp):
     c = campaign(
         template=world["template"],

@@ -22,7 +22,7 @@ from ..models import Message
 from ..recommender.stored import ProductRows
 from .claim import messages_claim, messages_due, messages_sweep_stuck
 from .compose import OfferDraft, messages_build, offers_pick, product_url, with_utm
-from .deliver import Courier, retry_fields
+from .deliver import Courier, retry_fields, send_deadline
 from .store import Store
 
 __all__ = [
@@ -57,11 +57,12 @@ def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> 
     offers and links and hands it to the courier, which delivers it over the batch's one connection,
     while the next chunk is composed. Returns counts by outcome."""
     counts = {"claimed": 0, "sent": 0, "retry": 0, "failed": 0, "uncertain": 0, "skipped": 0}
+    deadline = send_deadline()  # before the claim: the sweep counts from claimed_at
     claimed = messages_claim(message_ids=message_ids, now=now)
     if not claimed:
         return counts
     counts["claimed"] = len(claimed)
-    courier = Courier(counts)
+    courier = Courier(counts, deadline=deadline)
     try:
         _orders_attach(claimed)
         products = ProductRows()

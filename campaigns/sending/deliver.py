@@ -13,6 +13,7 @@ import random
 import re
 import smtplib
 import threading
+import time
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -152,8 +153,11 @@ class Courier:
     over only after its claim committed and its offers and links are stored.
     """
 
-    def __init__(self, counts: dict[str, int], depth: int = 2):
+    def __init__(self, counts: dict[str, int], depth: int = 2, deadline: float | None = None):
         self.counts = counts
+        # time.monotonic() after which no email is handed to the server (send_deadline): the rest of the
+        # batch is retried later, so the sweep never calls "uncertain" what is still to be sent.
+        self.deadline = deadline
         self.chunks: queue.Queue = queue.Queue(maxsize=depth)  # bounded: composing waits for SMTP
         self.outcomes: queue.SimpleQueue = queue.SimpleQueue()
         self.sent: list[tuple[int, dt.datetime]] = []  # accepted, not recorded yet: (id, when)
@@ -206,6 +210,11 @@ class Courier:
                         log.error("cannot open the email connection: %s", exc)
                         connection, refused = None, f"cannot connect: {type(exc).__name__}: {exc}"
                 for message, email in ready:
+                    if not refused and self.deadline is not None and time.monotonic() > self.deadline:
+                        refused = (
+                            f"not sent: the batch ran out of time (SEND_STUCK_MINUTES is "
+                            f"{settings.SEND_STUCK_MINUTES}); sent in a later batch"
+                        )
                     if refused:  # nothing of it was sent: every message may be retried
                         self.outcomes.put((message, _Outcome.RETRY, refused, False, None))
                         continue
@@ -219,6 +228,14 @@ class Courier:
             if connection is not None:
                 with contextlib.suppress(Exception):  # closing a dead connection
                     connection.close()
+
+
+def send_deadline() -> float:
+    """The time.monotonic() until which a batch claimed now may hand emails to the server: most of
+    SEND_STUCK_MINUTES. After that the sweep may call the batch's messages "uncertain" (never resent),
+    and an email sent after it would be recorded as uncertain though delivered: a slow server or ESP
+    sends the rest of the batch later instead."""
+    return time.monotonic() + 0.9 * settings.SEND_STUCK_MINUTES * 60
 
 
 def _send_one(connection, email: EmailMultiAlternatives) -> tuple[str, str, bool]:
