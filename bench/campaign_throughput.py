@@ -1,7 +1,7 @@
 """Campaign throughput: the whole pipeline over SMTP, beside the SMTP limit and django-post-office.
 
     .venv/bin/python bench/campaign_throughput.py [--recipients 100000] [--workers 1] [--skip-postoffice]
-        [--stored-offers] [--skip-locmem]
+        [--stored-offers] [--skip-locmem] [--memory-only]
         [--database xsell_bench_send] [--postoffice-database xsell_bench_postoffice] [--profile]
 
 Needs a prepared shop database (a copy of a generate_demo_data shop, migrated, with an active model):
@@ -441,6 +441,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="only the in-memory pipeline, under cProfile (top 15)"
     )
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the in-memory pipeline (the per-process target)"
+    )
     args = parser.parse_args()
     n = args.recipients
     if args.batch_size:
@@ -527,6 +530,8 @@ def main() -> None:
             print(f"in-memory ({label}): {row}")
             if args.profile:
                 print(out["profile"])
+                return
+            if args.memory_only:
                 return
             sample = sample or out["sample"]
 

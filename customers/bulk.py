@@ -101,7 +101,11 @@ def copy_rows(model: type[models.Model], columns: list[str], rows: list[tuple]) 
     cols = ", ".join(connection.ops.quote_name(c) for c in columns)
     with connection.cursor() as cursor:
         if _is_postgres():
-            with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+            # Django wraps the driver's errors for execute(), not for a COPY: the same IntegrityError here.
+            with (
+                connection.wrap_database_errors,
+                cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy,
+            ):
                 for row in rows:
                     copy.write_row(row)
         else:
