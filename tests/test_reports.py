@@ -112,6 +112,8 @@ def _shop_build():
     _order(cust[5], "O5", T0 - 1 * DAY, [(p1, "500")])  # before the email
     _order(cust[6], "O6", T0 + 1 * DAY, [(p1, "77")], status=Order.Status.CANCELLED)
     oh = _order(cust[11], "OH", T0 + 4 * DAY, [(p1, "15"), (p3, "10")])
+    for n in (2, 3, 6, 7, 8, 11):  # the shop's churn cohort: ordered in the year before last
+        _order(cust[n], f"P{n}", T0 - 400 * DAY, [(p3, "5")])
 
     def conversion(n, order, product, revenue, holdout=False):
         offer = None if holdout else msg[n].offers.get(product=product)
@@ -188,11 +190,28 @@ def test_revenue_orders_and_clv(shop):
     assert clv["customers"] == 10
     assert clv["historical"] == pytest.approx(100.0)
     assert clv["aov"] == pytest.approx(50.0)
-    assert clv["annual_churn"] == pytest.approx(0.4)  # c6, c7, c8, c10 silent for a year
-    assert clv["expected_lifetime_years"] == pytest.approx(2.5)
+    # The shop's churn: of c2, c3, c6, c7, c8 and c11 (the holdout's c11 too: every customer), who
+    # ordered in the year before last, c6, c7 and c8 placed nothing since.
+    assert (clv["annual_churn"], clv["churn_cohort"]) == (pytest.approx(0.5), 6)
+    assert clv["expected_lifetime_years"] == pytest.approx(2.0)
     # Orders in the year before "now" (T0 + 30 days): O1, O2, O9, O4, O5 → 5 orders / 6 active customers.
     assert clv["purchases_per_year"] == pytest.approx(5 / 6)
-    assert clv["predictive"] == pytest.approx(50 * 5 / 6 * 2.5)
+    assert clv["predictive"] == pytest.approx(50 * 5 / 6 * 2.0)
+
+
+def test_clv_of_recent_buyers_uses_the_shops_churn_not_theirs(shop):
+    """A post-purchase audience has bought in the last year by construction: its own churn is 0, which
+    gave every such campaign the 10-year cap as its customers' lifetime."""
+    from campaigns.reports import lifetime_value
+
+    recent = Customer.objects.filter(external_id__in=["c2", "c3"])
+    clv = lifetime_value(customers=recent)
+    assert clv["customers"] == 2 and clv["annual_churn"] == pytest.approx(0.5)
+    assert clv["expected_lifetime_years"] == pytest.approx(2.0)
+    Order.objects.filter(placed_at__lt=T0 - 300 * DAY).delete()
+    cache.clear()
+    young = lifetime_value(customers=recent)  # no customer ordered a year before: nothing to predict from
+    assert young["annual_churn"] is None and young["predictive"] is None
 
 
 def test_uplift_small_groups_not_significant(shop):

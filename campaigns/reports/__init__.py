@@ -26,8 +26,9 @@ of the last 90 days); nothing loops over messages in Python. Definitions (also p
   per order − 1 (additional products per order).
 - CLV, historical: mean total_spent of the recipients' customers. Predictive: average order value ×
   purchases per year × expected lifetime in years, where purchases per year = orders in the last 365 days
-  per customer active in them, and lifetime = 1 / annual churn, churn = share of the customers with no
-  order in the last 365 days (capped at 10 years); "now" is the latest order in the data.
+  per customer active in them, and lifetime = 1 / annual churn (capped at 10 years). Churn is the shop's:
+  of all customers with an order in the year before last, the share with none in the last 365 days (a
+  group chosen for a recent purchase would show none); "now" is the latest order in the data.
 """
 
 from .queries import attribution_window, lifetime_value, top_products, window_orders

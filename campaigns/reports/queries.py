@@ -8,6 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pandas as pd
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import (
     Case,
@@ -316,7 +317,11 @@ def window_orders(*, scope: dict, status: str) -> dict:
 
 
 def lifetime_value(*, customers) -> dict:
-    """Historical and predictive CLV of a customer queryset, from its lifetime columns and one count."""
+    """Historical and predictive CLV of a customer queryset, from its lifetime columns and one count.
+
+    Churn is the shop's (annual_churn), not the group's own: a group chosen for a recent purchase (a
+    post-purchase campaign's recipients) has nobody silent for a year by construction, which read as
+    no churn and the longest lifetime for every such campaign."""
     as_of = Customer.objects.aggregate(t=Max("last_order_at"))["t"] or timezone.now()
     year_ago = as_of - dt.timedelta(days=365)
     agg = _buyers_summary(customers=customers, year_ago=year_ago, as_of=as_of)
@@ -325,24 +330,55 @@ def lifetime_value(*, customers) -> dict:
     historical = _ratio(agg["spent"] or 0, n)
     aov = _ratio(agg["spent"] or 0, agg["orders"])
     frequency = _ratio(agg["recent_orders"], agg["active"])
-    churn = 1 - agg["active"] / n if n else None
-    lifetime = min(1 / churn, MAX_LIFETIME_YEARS) if churn else (MAX_LIFETIME_YEARS if n else None)
-    predictive = aov * frequency * lifetime if None not in (aov, frequency, lifetime) else None
+    churn, cohort = annual_churn(as_of=as_of)
+    lifetime = None if churn is None else min(1 / churn, MAX_LIFETIME_YEARS) if churn else MAX_LIFETIME_YEARS
+    predictive = aov * frequency * lifetime if n and None not in (aov, frequency, lifetime) else None
     return {
         "customers": n,
         "historical": historical,
         "aov": aov,
         "purchases_per_year": frequency,
         "annual_churn": churn,
+        "churn_cohort": cohort,
         "expected_lifetime_years": lifetime,
         "predictive": predictive,
         "as_of": as_of,
         "method": (
-            "average order value × purchases per year (orders in the last 365 days per active customer) × "
-            "expected lifetime (1 / annual churn; churn = share with no order in the last 365 days, "
-            f"at most {MAX_LIFETIME_YEARS:g} years)"
+            "average order value × purchases per year (orders in the last 365 days per customer active in "
+            "them) × expected lifetime (1 / annual churn, at most "
+            f"{MAX_LIFETIME_YEARS:g} years); annual churn is the shop's: of all customers who ordered in "
+            "the year before last, the share with no order in the last 365 days"
+            + ("" if churn is not None else " (no customer ordered that long ago: no churn, no prediction)")
         ),
     }
+
+
+def annual_churn(*, as_of: dt.datetime) -> tuple[float | None, int]:
+    """(churn, cohort size): of the customers with a placed order in the year before the last 365 days
+    up to as_of, the share with none in those 365 days; None without such customers. From the orders of
+    the whole shop, cached per as_of (one scan of two years' orders, the same for every campaign)."""
+    key = f"xsell:annual-churn:{as_of.isoformat()}"
+    cached = cache.get(key)
+    if cached is not None:
+        return tuple(cached)
+    year_ago, two_years_ago = as_of - dt.timedelta(days=365), as_of - dt.timedelta(days=730)
+    per_customer = (
+        Order.objects.filter(status=Order.Status.PLACED, placed_at__gt=two_years_ago, placed_at__lte=as_of)
+        .values("customer_id")
+        .annotate(first_at=Min("placed_at"), last_at=Max("placed_at"))
+        .filter(first_at__lte=year_ago)
+        .order_by()
+    )
+    sql, params = per_customer.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COUNT(*), SUM(CASE WHEN t.last_at > %s THEN 1 ELSE 0 END) FROM ({sql}) t",
+            (year_ago, *params),
+        )
+        cohort, kept = cursor.fetchone()
+    result = ((1 - (kept or 0) / cohort) if cohort else None, cohort)
+    cache.set(key, list(result), settings.REPORT_CACHE_SECONDS)
+    return result
 
 
 def _buyers_summary(*, customers, year_ago: dt.datetime, as_of: dt.datetime) -> dict:
