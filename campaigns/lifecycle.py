@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import zoneinfo
 
 from celery.schedules import ParseException, crontab
 from django.conf import settings
@@ -65,15 +66,11 @@ def _schedule_recurring(campaign: Campaign, cron: str) -> None:
         raise CampaignStateError(
             f"schedule {cron!r} is not a 5-field cron expression (minute hour day month weekday)"
         )
-    minute, hour, day, month, weekday = fields
-    schedule, _ = CrontabSchedule.objects.get_or_create(
-        minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday, timezone="UTC"
-    )
     task, _ = PeriodicTask.objects.update_or_create(
         name=f"campaign {campaign.pk}: {campaign.name}"[:200],
         defaults={
             "task": "campaigns.run_recurring",
-            "crontab": schedule,
+            "crontab": _crontab(campaign),
             "kwargs": json.dumps({"campaign_id": campaign.pk}),
             "enabled": True,
         },
@@ -81,20 +78,43 @@ def _schedule_recurring(campaign: Campaign, cron: str) -> None:
     Campaign.objects.filter(pk=campaign.pk).update(periodic_task=task)
 
 
-def schedule_slot(cron: str, now: dt.datetime) -> dt.datetime | None:
-    """The latest minute at or before `now` (UTC) at which the 5-field cron fires, read as beat reads it
-    (Celery's crontab: a day must match both the day of month and the day of week); None when the
-    expression is invalid or fires on none of the last 5 years' days."""
+def _crontab(campaign: Campaign) -> CrontabSchedule:
+    minute, hour, day, month, weekday = campaign.schedule_cron.split()
+    schedule, _ = CrontabSchedule.objects.get_or_create(
+        minute=minute,
+        hour=hour,
+        day_of_month=day,
+        month_of_year=month,
+        day_of_week=weekday,
+        timezone=campaign.schedule_timezone,
+    )
+    return schedule
+
+
+def schedule_sync(*, campaign: Campaign) -> None:
+    """After the schedule of a started recurring campaign was edited: beat's task follows it (enabled or
+    not, as it was). Runs are keyed by the schedule's slots, so a task left on the old times would find
+    a slot of the new schedule already planned and send nothing."""
+    if campaign.kind == Campaign.Kind.RECURRING and campaign.periodic_task_id and campaign.schedule_cron:
+        PeriodicTask.objects.filter(pk=campaign.periodic_task_id).update(crontab=_crontab(campaign))
+
+
+def schedule_slot(cron: str, now: dt.datetime, zone: str = "UTC") -> dt.datetime | None:
+    """The latest minute at or before `now` at which the 5-field cron, read in the time zone `zone`,
+    fires, read as beat reads it (Celery's crontab: a day must match both the day of month and the day
+    of week); None when the expression or zone is invalid or the cron fires on none of the last 5
+    years' days. A local time that happens twice (the hour clocks go back) is the same slot both times."""
     try:
         minute, hour, day, month, weekday = cron.split()
         schedule = crontab(
             minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday
         )
-    except (ValueError, ParseException):
+        tz = zoneinfo.ZoneInfo(zone)
+    except (ValueError, ParseException, zoneinfo.ZoneInfoNotFoundError):
         return None
-    now = now.astimezone(dt.UTC).replace(second=0, microsecond=0)
+    local = now.astimezone(tz)
     for back in range(366 * 5):
-        date = now.date() - dt.timedelta(days=back)
+        date = local.date() - dt.timedelta(days=back)
         if not (
             date.month in schedule.month_of_year
             and date.day in schedule.day_of_month
@@ -103,19 +123,19 @@ def schedule_slot(cron: str, now: dt.datetime) -> dt.datetime | None:
             continue
         for h in sorted(schedule.hour, reverse=True):
             for m in sorted(schedule.minute, reverse=True):
-                slot = dt.datetime(date.year, date.month, date.day, h, m, tzinfo=dt.UTC)
+                slot = dt.datetime(date.year, date.month, date.day, h, m, tzinfo=tz)
                 if slot <= now:
-                    return slot
+                    return slot.astimezone(dt.UTC)
     return None
 
 
 def run_key(campaign: Campaign, now: dt.datetime) -> str:
-    """A recurring run's key: the schedule slot it belongs to. A beat tick that runs late (a busy
+    """A recurring run's key: the schedule slot it belongs to (UTC). A beat tick that runs late (a busy
     worker) or twice (two beat processes) finds the same slot, so the slot is planned once; a schedule
     that fires more often than hourly gets a run per slot. Without a readable schedule: the minute."""
-    slot = schedule_slot(campaign.schedule_cron, now) or now.astimezone(dt.UTC).replace(
-        second=0, microsecond=0
-    )
+    slot = schedule_slot(campaign.schedule_cron, now, campaign.schedule_timezone) or now.astimezone(
+        dt.UTC
+    ).replace(second=0, microsecond=0)
     return slot.strftime("%Y-%m-%dT%H:%M")
 
 

@@ -7,7 +7,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
-from customers.models import Customer, Order, Product
+from customers.models import Customer, Order, Product, validate_time_zone
 
 _TOKEN_BYTES = 16
 _TOKENS_PER_DRAW = 256
@@ -200,7 +200,14 @@ class Campaign(models.Model):
         max_length=100,
         blank=True,
         default="0 9 * * 1",
-        help_text="Recurring: when to run, as cron (minute hour day month weekday), UTC.",
+        help_text="Recurring: when to run, as cron (minute hour day month weekday), in the schedule's time zone.",
+    )
+    schedule_timezone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
+        help_text="Recurring: the time zone the schedule is read in (IANA, e.g. Europe/London): "
+        "'0 9 * * 1' stays 09:00 there across daylight saving time.",
     )
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask", on_delete=models.SET_NULL, null=True, blank=True

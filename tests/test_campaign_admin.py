@@ -27,6 +27,7 @@ def _form(world, **fields) -> CampaignForm:
         "utm_source": "xsell",
         "utm_medium": "email",
         "schedule_cron": "",
+        "schedule_timezone": "UTC",
     }
     return CampaignForm(data={**data, **fields})
 
@@ -42,6 +43,7 @@ def test_a_sound_campaign_is_accepted():
     [
         ({"kind": "recurring", "schedule_cron": "99 99 * * 9"}, "schedule_cron", "not in 0-59 for Minutes"),
         ({"kind": "recurring", "schedule_cron": "0 9 * *"}, "schedule_cron", "Give five cron fields"),
+        ({"kind": "recurring", "schedule_timezone": "London"}, "schedule_timezone", "not an IANA time zone"),
         ({"min_offer_score": -3}, "min_offer_score", "from 0 to 1"),
         ({"allowed_categories": '{"a": 1}'}, "allowed_categories", "JSON list of names"),
         ({"trigger_skus": '"X1"'}, "trigger_skus", "JSON list of names"),
@@ -144,3 +146,45 @@ def test_preview_and_send_test_use_a_real_customer_only_for_who_may_see_customer
     url = reverse("admin:campaigns_emailtemplate_preview", args=[world["template"].pk])
     page = client.get(url, {"customer": customer.external_id}).content.decode()
     assert customer.first_name not in page and "Ada" in page  # the sample customer
+
+
+def test_editing_a_started_schedule_moves_beats_task_and_keeps_it_paused(admin_client):
+    """Runs are keyed by the schedule's slots: a beat task left on the old times would find a slot of the
+    new schedule already planned and send nothing."""
+    from django.urls import reverse
+
+    from campaigns.lifecycle import campaign_pause, campaign_start
+
+    world = shop(recipients=1)
+    c = Campaign.objects.create(
+        name="Weekly",
+        kind="recurring",
+        schedule_cron="0 9 * * 1",
+        template=world["template"],
+        segment=world["segment"],
+    )
+    campaign_start(campaign=c)
+    campaign_pause(campaign=c)
+    page = admin_client.get(reverse("admin:campaigns_campaign_change", args=[c.pk]))
+    data = {k: v for k, v in page.context["adminform"].form.initial.items() if v is not None}
+    data.update(
+        schedule_cron="30 7 * * 2",
+        schedule_timezone="Europe/London",
+        template=world["template"].pk,
+        allowed_categories="[]",
+        trigger_skus="[]",
+        trigger_categories="[]",
+    )
+    data.pop("periodic_task", None)
+    response = admin_client.post(reverse("admin:campaigns_campaign_change", args=[c.pk]), data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    c.refresh_from_db()
+    task = c.periodic_task
+    crontab = task.crontab
+    assert (crontab.minute, crontab.hour, crontab.day_of_week, str(crontab.timezone)) == (
+        "30",
+        "7",
+        "2",
+        "Europe/London",
+    )
+    assert task.enabled is False  # still paused

@@ -136,6 +136,17 @@ def test_schedule_slot_reads_the_cron_as_beat_does():
     assert schedule_slot("7 10 * * *", now) == now.replace(second=0)  # fires this very minute
     assert schedule_slot("0 0 29 2 *", now) == dt.datetime(2024, 2, 29, tzinfo=dt.UTC)
     assert schedule_slot("99 * * * *", now) is None
+    # Mondays 09:00 in London: 08:00 UTC in summer time, 09:00 in winter.
+    assert schedule_slot("0 9 * * 1", dt.datetime(2026, 7, 1, tzinfo=dt.UTC), "Europe/London") == dt.datetime(
+        2026, 6, 29, 8, 0, tzinfo=dt.UTC
+    )
+    assert schedule_slot("0 9 * * 1", now, "Europe/London") == dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)
+    # 01:30 happens twice on 25 October 2026 in London: its second time is the same slot as its first.
+    first, second = (dt.datetime(2026, 10, 25, h, 31, tzinfo=dt.UTC) for h in (0, 1))
+    assert schedule_slot("30 1 * * *", first, "Europe/London") == schedule_slot(
+        "30 1 * * *", second, "Europe/London"
+    )
+    assert schedule_slot("0 9 * * *", now, "Mars/Olympus") is None
 
 
 def test_a_recurring_run_leaves_a_campaign_cancelled_meanwhile_cancelled(world):

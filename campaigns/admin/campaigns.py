@@ -20,7 +20,14 @@ from django_celery_beat.validators import crontab_validator
 from customers.admin_utils import EstimatedCountPaginator
 from customers.models import Customer, Product
 
-from ..lifecycle import CampaignStateError, campaign_cancel, campaign_pause, campaign_resume, campaign_start
+from ..lifecycle import (
+    CampaignStateError,
+    campaign_cancel,
+    campaign_pause,
+    campaign_resume,
+    campaign_start,
+    schedule_sync,
+)
 from ..models import Campaign, CampaignRun, EmailTemplate, FrequencyPolicy, Message, Offer
 from ..planning import campaign_preview
 from ..recommender import recommend_for_customers
@@ -204,6 +211,7 @@ class CampaignForm(forms.ModelForm):
             "allowed_categories",
             "send_at",
             "schedule_cron",
+            "schedule_timezone",
             "delay_hours",
             "trigger_skus",
             "trigger_categories",
@@ -288,6 +296,7 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
                 "fields": (
                     "send_at",
                     "schedule_cron",
+                    "schedule_timezone",
                     "delay_hours",
                     "trigger_skus",
                     "trigger_categories",
@@ -350,6 +359,8 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
+        if change and {"schedule_cron", "schedule_timezone"} & set(form.changed_data):
+            schedule_sync(campaign=obj)
 
     def _act(self, request, queryset, action, verb):
         if not request.user.has_perm("campaigns.send_campaign"):
@@ -386,7 +397,10 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
                     f"Scheduled for {timezone.localtime(campaign.send_at):%Y-%m-%d %H:%M}; figures as of now."
                 )
             elif campaign.kind == Campaign.Kind.RECURRING:
-                note = f"Runs on the schedule {campaign.schedule_cron!r}; figures as of now."
+                note = (
+                    f"Runs on the schedule {campaign.schedule_cron!r} ({campaign.schedule_timezone}); "
+                    "figures as of now."
+                )
             previews.append((campaign, campaign_preview(campaign=campaign), note))
         context = {
             **self.admin_site.each_context(request),
