@@ -41,10 +41,10 @@ def dispatch(*, campaign_id: int) -> int:
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=5,
-    # A batch stuck past the sweep's cutoff (a database lock, a hung server) stops: what the courier
-    # did not get is planned again (sending._release), what it got is swept to "uncertain". Its
-    # courier stops handing emails over before that (deliver.send_deadline).
-    soft_time_limit=settings.SEND_STUCK_MINUTES * 60,
+    # A batch stuck near the sweep's cutoff (a database lock, a hung server) stops before it: what the
+    # courier did not get is planned again (sending._release) while it is still "sending"; what it got
+    # is swept to "uncertain". Its courier stops handing emails over earlier (deliver.send_deadline).
+    soft_time_limit=int(settings.SEND_STUCK_MINUTES * 60 * 0.95),
     time_limit=settings.SEND_STUCK_MINUTES * 60 + 60,
 )
 def send_batch(*, campaign_id: int, message_ids: list[int]) -> dict:
