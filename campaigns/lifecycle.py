@@ -129,14 +129,18 @@ def schedule_slot(cron: str, now: dt.datetime, zone: str = "UTC") -> dt.datetime
     return None
 
 
+# Beat sends a run's task at its slot by beat's clock; a worker whose clock is a little behind would
+# read the tick as the previous slot's (already planned: the run would plan nothing).
+SLOT_EARLY = dt.timedelta(seconds=30)
+
+
 def run_key(campaign: Campaign, now: dt.datetime) -> str:
     """A recurring run's key: the schedule slot it belongs to (UTC). A beat tick that runs late (a busy
     worker) or twice (two beat processes) finds the same slot, so the slot is planned once; a schedule
-    that fires more often than hourly gets a run per slot. Without a readable schedule: the minute."""
-    slot = schedule_slot(campaign.schedule_cron, now, campaign.schedule_timezone) or now.astimezone(
-        dt.UTC
-    ).replace(second=0, microsecond=0)
-    return slot.strftime("%Y-%m-%dT%H:%M")
+    that fires more often than hourly gets a run per slot; a tick up to SLOT_EARLY before its slot (the
+    worker's clock behind beat's) counts for that slot. Without a readable schedule: the minute."""
+    slot = schedule_slot(campaign.schedule_cron, now + SLOT_EARLY, campaign.schedule_timezone)
+    return (slot or now.astimezone(dt.UTC).replace(second=0, microsecond=0)).strftime("%Y-%m-%dT%H:%M")
 
 
 def recurring_run(*, campaign: Campaign, now: dt.datetime | None = None) -> None:
@@ -148,7 +152,10 @@ def recurring_run(*, campaign: Campaign, now: dt.datetime | None = None) -> None
             pk=campaign.pk, status__in=(Campaign.Status.SCHEDULED, Campaign.Status.SENDING)
         ).update(status=Campaign.Status.SENDING, started_at=now)
         campaign.refresh_from_db()
-        if started:
+        # Before slot keys, a run was keyed by the hour it ran in: a task redelivered across the upgrade
+        # must not plan that hour's run again under its new key.
+        legacy = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H")
+        if started and not campaign.runs.filter(key=legacy).exists():
             campaign_plan(campaign=campaign, run_key=run_key(campaign, now), now=now)
 
 

@@ -200,7 +200,8 @@ class Campaign(models.Model):
         max_length=100,
         blank=True,
         default="0 9 * * 1",
-        help_text="Recurring: when to run, as cron (minute hour day month weekday), in the schedule's time zone.",
+        help_text="Recurring: when to run, as cron (minute hour day month weekday, Sunday 0), in the "
+        "schedule's time zone. A day must match both day fields: '0 9 1-7 * 1' is each month's first Monday.",
     )
     schedule_timezone = models.CharField(
         max_length=64,

@@ -267,7 +267,8 @@ class _alarm:
     deadline: float | None = None  # time.monotonic() by which the render in progress must end
 
     def __init__(self, seconds: float, *, tick: bool = False):
-        self.seconds, self.tick, self.started_ticking = seconds, tick, False
+        self.seconds, self.tick = seconds, tick
+        self.started_ticking = self.armed = False
         self.active = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
 
     def __enter__(self):
@@ -277,27 +278,33 @@ class _alarm:
                 self.previous = signal.signal(signal.SIGALRM, self._raise)
                 _alarm.installed = True
             try:
+                # Each flag is set before its timer is armed: an exception in between (another signal's
+                # handler) still has __exit__ disarm it, never leaving a timer with the default handler.
                 if self.tick and not _alarm.ticking:
+                    _alarm.ticking, _alarm.deadline, self.started_ticking = True, None, True
                     signal.setitimer(signal.ITIMER_REAL, self.TICK_SECONDS, self.TICK_SECONDS)
-                    _alarm.ticking, self.started_ticking = True, True
                 elif self.seconds and _alarm.ticking:
                     _alarm.deadline = time.monotonic() + self.seconds
                 elif self.seconds:
+                    self.armed = True
                     signal.setitimer(signal.ITIMER_REAL, self.seconds)
             except BaseException:
                 self.__exit__()  # __exit__ is not called when __enter__ fails: restore the handler
                 raise
 
     def __exit__(self, *exc):
-        if self.active:
+        if not self.active:
+            return
+        try:
+            if self.started_ticking or self.armed:
+                signal.setitimer(signal.ITIMER_REAL, 0)  # first: nothing rings after this
+        finally:
+            # State is restored even if the disarming was interrupted, so later renders keep their bound.
+            if self.started_ticking or self.seconds:
+                _alarm.deadline = None
             if self.started_ticking:
-                signal.setitimer(signal.ITIMER_REAL, 0)
                 _alarm.ticking = self.started_ticking = False
-                _alarm.deadline = None
-            elif self.seconds and _alarm.ticking:
-                _alarm.deadline = None
-            elif self.seconds:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+            self.armed = False
             if self.outermost:
                 signal.signal(signal.SIGALRM, self.previous)
                 _alarm.installed = False
@@ -306,6 +313,9 @@ class _alarm:
     def _raise(signum, frame):
         if _alarm.ticking and (_alarm.deadline is None or time.monotonic() < _alarm.deadline):
             return  # a tick between renders, or before this render's deadline
+        # Once per deadline: should this land outside the render (in its __exit__), the next ticks do
+        # not raise again in whatever runs after it.
+        _alarm.deadline = None
         raise TimeoutError(f"took longer than {MAX_RENDER_SECONDS} s")
 
 

@@ -41,10 +41,10 @@ def dispatch(*, campaign_id: int) -> int:
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=5,
-    # A batch stuck near the sweep's cutoff (a database lock, a hung server) stops before it: what the
-    # courier did not get is planned again (sending._release) while it is still "sending"; what it got
-    # is swept to "uncertain". Its courier stops handing emails over earlier (deliver.send_deadline).
-    soft_time_limit=int(settings.SEND_STUCK_MINUTES * 60 * 0.95),
+    # A batch's courier hands the server nothing after 90% of SEND_STUCK_MINUTES (deliver.send_deadline),
+    # so a healthy batch ends before the sweep. One stuck past it (a database lock) is killed a minute
+    # after the sweep called its messages "uncertain", freeing the worker. No soft limit: its exception
+    # can land anywhere, in the broad handlers that keep one email's failure from stopping a batch too.
     time_limit=settings.SEND_STUCK_MINUTES * 60 + 60,
 )
 def send_batch(*, campaign_id: int, message_ids: list[int]) -> dict:

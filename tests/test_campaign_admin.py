@@ -44,6 +44,7 @@ def test_a_sound_campaign_is_accepted():
         ({"kind": "recurring", "schedule_cron": "99 99 * * 9"}, "schedule_cron", "not in 0-59 for Minutes"),
         ({"kind": "recurring", "schedule_cron": "0 9 * *"}, "schedule_cron", "Give five cron fields"),
         ({"kind": "recurring", "schedule_timezone": "London"}, "schedule_timezone", "not an IANA time zone"),
+        ({"kind": "recurring", "schedule_cron": "0 9 * * 7"}, "schedule_cron", "Sunday is 0, not 7"),
         ({"min_offer_score": -3}, "min_offer_score", "from 0 to 1"),
         ({"allowed_categories": '{"a": 1}'}, "allowed_categories", "JSON list of names"),
         ({"trigger_skus": '"X1"'}, "trigger_skus", "JSON list of names"),

@@ -182,6 +182,48 @@ def test_the_render_alarm_stops_a_stuck_render_inside_a_session_and_restores_the
         signal.signal(signal.SIGALRM, previous)
 
 
+def test_the_render_alarm_never_stays_armed_or_stale_when_its_steps_are_interrupted(monkeypatch):
+    """Another signal's handler can raise between any two steps of entering or leaving the alarm: the
+    timer must not be left running under the default handler (SIGALRM would kill the worker), and
+    later renders must keep their bound."""
+    import signal
+    import time
+
+    from campaigns import rendering
+    from campaigns.rendering import _alarm, render_session
+
+    real = signal.setitimer
+    calls = []
+
+    def interrupted_after_arming(which, seconds, interval=0.0):
+        real(which, seconds, interval)
+        calls.append(seconds)
+        if seconds and len(calls) == 1:
+            raise KeyboardInterrupt  # as if another handler ran just after the timer was armed
+
+    monkeypatch.setattr(rendering.signal, "setitimer", interrupted_after_arming)
+    previous = signal.getsignal(signal.SIGALRM)
+    with pytest.raises(KeyboardInterrupt), render_session():
+        pass
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is previous and not _alarm.ticking and not _alarm.installed
+
+    def interrupted_disarming(which, seconds, interval=0.0):
+        real(which, seconds, interval)
+        if not seconds:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rendering.signal, "setitimer", interrupted_disarming)
+    with pytest.raises(KeyboardInterrupt), render_session():
+        pass
+    assert not _alarm.ticking and not _alarm.installed and _alarm.deadline is None
+    monkeypatch.setattr(rendering.signal, "setitimer", real)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError), _alarm(0.05):
+        time.sleep(2)  # the bound still holds after both
+    assert time.monotonic() - started < 1
+
+
 def test_a_render_that_outgrows_memory_fails_alone_and_the_cap_is_lifted_after_it():
     import resource
     import threading

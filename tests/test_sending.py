@@ -124,6 +124,45 @@ def test_a_recurring_run_is_keyed_by_its_schedule_slot_not_the_hour_it_runs_in(w
     ]
 
 
+def test_a_recurring_tick_from_a_worker_whose_clock_is_behind_beats_still_plans_its_slot(world):
+    """Beat sends the 09:00 task at 09:00 by its clock; a worker 0.2 s behind must not read it as the
+    previous slot, which is planned already (the run would plan nothing)."""
+    import datetime as dt
+
+    c = campaign(
+        template=world["template"],
+        segment=world["segment"],
+        kind=Campaign.Kind.RECURRING,
+        status=Campaign.Status.SCHEDULED,
+        schedule_cron="0 9 * * *",
+    )
+    day = timezone.now().astimezone(dt.UTC).replace(hour=9, minute=0, second=0, microsecond=0)
+    recurring_run(campaign=c, now=day - dt.timedelta(days=1, seconds=-5))
+    Campaign.objects.filter(pk=c.pk).update(status=Campaign.Status.SCHEDULED)
+    recurring_run(campaign=c, now=day - dt.timedelta(seconds=0.2))
+    assert sorted(c.runs.values_list("key", flat=True)) == [
+        (day - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M"),
+        day.strftime("%Y-%m-%dT%H:%M"),
+    ]
+
+
+def test_a_run_planned_under_the_old_hour_key_is_not_planned_again(world):
+    """Runs were keyed by the hour they ran in: a task redelivered across the upgrade finds that run."""
+    import datetime as dt
+
+    c = campaign(
+        template=world["template"],
+        segment=world["segment"],
+        kind=Campaign.Kind.RECURRING,
+        status=Campaign.Status.SCHEDULED,
+        schedule_cron="0 9 * * *",
+    )
+    now = timezone.now().astimezone(dt.UTC).replace(hour=9, minute=0, second=3)
+    c.runs.create(key=now.strftime("%Y-%m-%dT%H"))
+    recurring_run(campaign=c, now=now)
+    assert c.runs.count() == 1 and not c.messages.exists()
+
+
 def test_schedule_slot_reads_the_cron_as_beat_does():
     import datetime as dt
 
@@ -147,6 +186,12 @@ def test_schedule_slot_reads_the_cron_as_beat_does():
         "30 1 * * *", second, "Europe/London"
     )
     assert schedule_slot("0 9 * * *", now, "Mars/Olympus") is None
+    # 01:30 does not exist on 29 March 2026 in London: beat runs it at 01:30 UTC (02:30 summer time).
+    spring = dt.datetime(2026, 3, 29, 1, 30, 5, tzinfo=dt.UTC)
+    assert schedule_slot("30 1 * * *", spring, "Europe/London") == spring.replace(second=0)
+    assert schedule_slot("30 1 * * *", spring - dt.timedelta(minutes=1), "Europe/London") == dt.datetime(
+        2026, 3, 28, 1, 30, tzinfo=dt.UTC
+    )
 
 
 def test_a_recurring_run_leaves_a_campaign_cancelled_meanwhile_cancelled(world):
@@ -356,6 +401,31 @@ def test_a_slow_server_gets_no_email_after_the_batch_deadline_the_rest_is_sent_l
     late.update(send_after=None)
     _send_all(c)
     assert smtp.count_by_recipient() == {f"r{i}@example.com": 1 for i in range(6)}
+
+
+def test_a_courier_interrupted_while_waiting_still_records_what_the_server_answered(world):
+    """The batch's last wait (for the courier) interrupted: accepted messages are recorded sent, and a
+    hard bounce still suppresses its customer, instead of all of them left for the sweep."""
+    from campaigns.sending.deliver import Courier
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    accepted, bounced = Message.objects.filter(campaign=c, status="planned")[:2]
+    Message.objects.filter(pk__in=[accepted.pk, bounced.pk]).update(status="sending", attempts=1)
+    courier = Courier({"sent": 0, "retry": 0, "failed": 0, "uncertain": 0})
+    now = timezone.now()
+    courier.outcomes.put((accepted, "sent", "", False, now))
+    courier.outcomes.put((bounced, "failed", "550 5.1.1 no such user", True, now))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    courier.thread.join = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        courier.__exit__(None, None, None)
+    assert Message.objects.get(pk=accepted.pk).status == "sent"
+    assert Message.objects.get(pk=bounced.pk).status == "failed"
+    assert Customer.objects.get(pk=bounced.customer_id).suppressed_reason == "bounced"
 
 
 def test_post_purchase_plans_one_message_per_trigger_order_after_the_delay(world, smtp):

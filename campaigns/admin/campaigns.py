@@ -2,6 +2,7 @@
 
 from urllib.parse import urlencode
 
+from celery.schedules import ParseException, crontab
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -243,6 +244,8 @@ class CampaignForm(forms.ModelForm):
                     crontab_validator(cron)
                 except ValidationError as exc:
                     self.add_error("schedule_cron", f"Not a schedule: {'; '.join(exc.messages)}.")
+                else:
+                    self._check_beat_reads(cron)
         score = data.get("min_offer_score")
         if score is not None and not 0 <= score <= 1:
             self.add_error("min_offer_score", "A score is a probability: give a number from 0 to 1.")
@@ -253,6 +256,15 @@ class CampaignForm(forms.ModelForm):
         ):
             self._check_names(data, field, column)
         return data
+
+    def _check_beat_reads(self, cron: str) -> None:
+        """What the validator above accepts but beat cannot read (Sunday as 7): beat would drop the
+        schedule silently and the campaign would never run."""
+        minute, hour, day, month, weekday = cron.split()
+        try:
+            crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday)
+        except (ValueError, ParseException) as exc:
+            self.add_error("schedule_cron", f"The scheduler cannot read it: {exc} (Sunday is 0, not 7).")
 
     def _check_names(self, data: dict, field: str, column: str) -> None:
         """A list of names (JSON, e.g. ["Kitchen", "Garden"]) of which each is known: an unknown one would

@@ -177,11 +177,14 @@ class Courier:
         self.record()
 
     def __exit__(self, *exc) -> None:
-        self.chunks.put(None)
-        self.thread.join()
-        # A crash before this leaves the unrecorded ones in "sending": swept to "uncertain", never resent.
-        self.record()
-        _record_sent(self.sent)
+        try:
+            self.chunks.put(None)
+            self.thread.join()
+        finally:
+            # Also when the wait is interrupted: what the server accepted or refused so far (a hard bounce
+            # among it) is recorded. A crash before this leaves them in "sending": swept to "uncertain".
+            self.record()
+            _record_sent(self.sent)
 
     def record(self) -> None:
         """Record the outcomes the thread has reported so far."""
