@@ -168,9 +168,9 @@ def campaign_pause(*, campaign: Campaign) -> None:
 def campaign_resume(*, campaign: Campaign) -> None:
     from .tasks import dispatch
 
+    _set_status(campaign, Campaign.Status.SENDING, (Campaign.Status.PAUSED,))  # first: it may refuse
     if campaign.kind == Campaign.Kind.RECURRING and campaign.periodic_task_id:
         PeriodicTask.objects.filter(pk=campaign.periodic_task_id).update(enabled=True)
-    _set_status(campaign, Campaign.Status.SENDING, (Campaign.Status.PAUSED,))
     transaction.on_commit(lambda: dispatch.delay(campaign_id=campaign.pk))
 
 

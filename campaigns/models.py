@@ -90,14 +90,18 @@ class FrequencyPolicy(models.Model):
     name = models.CharField(max_length=100, unique=True)
     is_default = models.BooleanField(default=False)
     max_messages = models.PositiveIntegerField(default=2, validators=[MinValueValidator(1)])
-    window_days = models.PositiveIntegerField(default=7, validators=[MinValueValidator(1)])
-    min_gap_hours = models.PositiveIntegerField(default=24)
+    # Upper bounds: a window or gap of centuries is no policy, and dates that far back overflow.
+    window_days = models.PositiveIntegerField(
+        default=7, validators=[MinValueValidator(1), MaxValueValidator(366)]
+    )
+    min_gap_hours = models.PositiveIntegerField(default=24, validators=[MaxValueValidator(24 * 366)])
     quiet_start = models.TimeField(
         null=True, blank=True, help_text="Start of quiet hours, customer's local time"
     )
     quiet_end = models.TimeField(null=True, blank=True)
     quiet_deadline_hours = models.PositiveIntegerField(
         default=24,
+        validators=[MaxValueValidator(24 * 31)],
         help_text="A message held for quiet hours is skipped if it cannot go out within this time.",
     )
 
@@ -214,12 +218,15 @@ class Campaign(models.Model):
         "django_celery_beat.PeriodicTask", on_delete=models.SET_NULL, null=True, blank=True
     )
     # Post-purchase triggers: an order matching these, delay_hours after it was placed.
-    delay_hours = models.PositiveIntegerField(default=24)
+    delay_hours = models.PositiveIntegerField(default=24, validators=[MaxValueValidator(24 * 366)])
     trigger_skus = models.JSONField(default=list, blank=True)
     trigger_categories = models.JSONField(default=list, blank=True)
-    trigger_min_value = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    trigger_min_value = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
     trigger_lookback_days = models.PositiveIntegerField(
         default=3,
+        validators=[MaxValueValidator(366)],
         help_text="Orders older than this are never a trigger (a new campaign does not mail old buyers).",
     )
     is_simulated = models.BooleanField(default=False, help_text="Demo data: its events are simulated.")

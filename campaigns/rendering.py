@@ -469,6 +469,21 @@ def template_validate(*, subject: str, html: str, text: str, layout: str, contex
     email_render(subject=subject, html=html, text=text, context=context, layout=layout)
 
 
+def template_order_problem(*, subject: str, html: str, text: str, layout: str) -> str | None:
+    """Why the template fails for an email without a triggering order (one-off and recurring campaigns:
+    `order` is None), or None when it renders."""
+    try:
+        template_validate(
+            subject=subject, html=html, text=text, layout=layout, context={**sample_context(), "order": None}
+        )
+    except RenderError as exc:
+        return (
+            f"without an order (one-off and recurring emails have none) it does not render: {exc}. "
+            "Use it for post-purchase campaigns, or guard it with {% if order %}…{% endif %}"
+        )
+    return None
+
+
 def sample_context() -> dict:
     """A plausible customer with two offers, for validation and previews."""
     offers = [
@@ -506,11 +521,10 @@ def sample_context() -> dict:
             "country": "United Kingdom",
         },
         "offers": offers,
-        "order": {
+        "order": {  # as a post-purchase email has it (compose._context); other emails have None
             "external_id": "100234",
             "placed_at": "2026-05-03",
             "total": Decimal("799.00"),
-            "products": ["Phone X"],
         },
         "campaign": {"name": "Sample campaign"},
         "offer_page_url": "https://shop.example/offers",

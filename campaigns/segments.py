@@ -205,7 +205,7 @@ def _compile_group(node: dict, *, path: str, depth: int, now: dt.datetime, count
 
 def _compile_rule(node: dict, *, path: str, now: dt.datetime) -> Q:
     field = node["field"]
-    if field not in FIELD_OPS:
+    if not isinstance(field, str) or field not in FIELD_OPS:  # a list or object would not even hash
         raise SegmentError(f"{path}: unknown field {field!r} (known: {', '.join(FIELD_OPS)})")
     if field == "bought" and "days" in node:
         raise SegmentError(f'{path}: put "days" inside value, e.g. {{"sku": "85123A", "days": 30}}')
@@ -214,7 +214,7 @@ def _compile_rule(node: dict, *, path: str, now: dt.datetime) -> Q:
         raise SegmentError(f"{path}: unexpected key {extra[0]!r} in a rule (allowed: field, op, value)")
     ops = FIELD_OPS[field]
     op = node.get("op")
-    if op not in ops:
+    if not isinstance(op, str) or op not in ops:
         shown = "missing" if "op" not in node else f"{op!r} is not an operator for {field!r}"
         raise SegmentError(f"{_at(path, 'op')}: {shown}; use one of {', '.join(map(repr, ops))}")
     if "value" not in node:

@@ -1,6 +1,7 @@
 """Celery tasks: they take ids, call one service function and retry on transient errors."""
 
 import contextlib
+import logging
 
 from celery import shared_task
 from django.conf import settings
@@ -19,6 +20,7 @@ from .planning import post_purchase_plan
 from .sending import messages_send, messages_sweep_stuck
 
 TRANSIENT = (OperationalError, ConnectionError)
+log = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -68,7 +70,12 @@ def plan_post_purchase(*, order_ids: list[int] | None = None) -> int:
     """Plan post-purchase messages for new orders (or all recent orders when order_ids is None)."""
     planned = 0
     for campaign in Campaign.objects.filter(kind=Campaign.Kind.POST_PURCHASE, status=Campaign.Status.SENDING):
-        planned += post_purchase_plan(campaign=campaign, order_ids=order_ids)
+        try:
+            planned += post_purchase_plan(campaign=campaign, order_ids=order_ids)
+        except TRANSIENT:
+            raise  # the task is retried: planning is idempotent
+        except Exception:  # noqa: BLE001 - one campaign's bad settings must not stop the others' emails
+            log.exception("post-purchase campaign %s (%s) could not plan", campaign.pk, campaign.name)
     return planned
 
 

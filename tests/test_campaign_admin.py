@@ -189,3 +189,50 @@ def test_editing_a_started_schedule_moves_beats_task_and_keeps_it_paused(admin_c
         "Europe/London",
     )
     assert task.enabled is False  # still paused
+
+
+def test_resuming_a_cancelled_recurring_campaign_is_refused_and_leaves_its_schedule_off():
+    from campaigns.lifecycle import CampaignStateError, campaign_cancel, campaign_resume, campaign_start
+
+    world = shop(recipients=1)
+    c = Campaign.objects.create(
+        name="Weekly",
+        kind="recurring",
+        schedule_cron="0 9 * * 1",
+        template=world["template"],
+        segment=world["segment"],
+    )
+    campaign_start(campaign=c)
+    campaign_cancel(campaign=c)
+    with pytest.raises(CampaignStateError):
+        campaign_resume(campaign=c)
+    c.refresh_from_db()
+    assert c.status == "cancelled" and c.periodic_task.enabled is False
+
+
+def test_a_template_that_needs_an_order_is_refused_for_campaigns_without_one():
+    """One-off and recurring emails have no triggering order: such a template passed the save check (its
+    sample has an order) and then every email was skipped as a render error."""
+    from campaigns.models import EmailTemplate
+
+    world = shop(recipients=1)
+    needs_order = EmailTemplate.objects.create(
+        name="Order", subject="Your order {{ order.external_id }}", html="<p>x</p>", text="x"
+    )
+    form = _form(world, template=needs_order.pk)
+    assert not form.is_valid()
+    assert "needs a post-purchase campaign" in " ".join(form.errors["template"])
+    assert "guard it with {% if order %}" in " ".join(form.errors["template"])
+    assert _form(world, template=needs_order.pk, kind=Campaign.Kind.POST_PURCHASE).is_valid()
+
+
+def test_a_preview_for_a_real_customer_links_to_the_offered_products(admin_client):
+    from campaigns.admin.campaigns import _preview_context
+    from campaigns.rendering import sample_context
+
+    world = shop(recipients=1)
+    context = _preview_context(world["recipients"][0])
+    sample_urls = {o["url"] for o in sample_context()["offers"]}
+    assert context["offers"] and context["offers"] != sample_context()["offers"]
+    for offer in context["offers"]:
+        assert offer["url"] not in sample_urls and offer["sku"].lower() in offer["url"].lower()

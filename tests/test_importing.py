@@ -139,6 +139,11 @@ def existing_customer():
             "ordered_at",
             "'yesterday' is not an ISO 8601 date-time",
         ),
+        (
+            "1004,c2,2031-01-01T10:00:00Z,MUG,Blue mug,,1,3.50,GBP,,",
+            "ordered_at",
+            "'2031-01-01T10:00:00Z' is in the future",
+        ),
         ("1004,c2,2024-01-07T10:00:00,MUG,Blue mug,,two,3.50,GBP,,", "quantity", "'two' is not a non-zero"),
         ("1004,c2,2024-01-07T10:00:00,MUG,Blue mug,,1.5,3.50,GBP,,", "quantity", "'1.5' is not a non-zero"),
         ("1004,c2,2024-01-07T10:00:00,MUG,Blue mug,,0,3.50,GBP,,", "quantity", "'0' is not a non-zero"),
@@ -687,3 +692,23 @@ def test_copied_rows_keep_their_values_nulls_and_awkward_text(db):
         TrackedLink.objects.order_by("token").values_list(*[c.removesuffix("_id") for c in LINK_COLUMNS])
     )
     assert rows == [(message.pk, None, "t1", awkward, False), (message.pk, None, "t2", "", True)]
+
+
+def test_a_failing_receiver_of_imported_orders_does_not_fail_the_written_import(
+    tmp_path, caplog, django_capture_on_commit_callbacks
+):
+    """With tasks run in-process (the demo), a receiver's error surfaced from the import after its
+    commit: a written import was reported as failed with "nothing written"."""
+    from customers.signals import orders_imported
+
+    def broken(sender, order_ids, **kwargs):
+        raise OverflowError("a campaign's bad settings")
+
+    orders_imported.connect(broken, dispatch_uid="test-broken")
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            summary = orders_import(path=write_csv(tmp_path / "orders.csv", VALID))
+    finally:
+        orders_imported.disconnect(dispatch_uid="test-broken")
+    assert summary.counts["orders_created"] == 3 and Order.objects.count() == 3
+    assert "a campaign's bad settings" in caplog.text

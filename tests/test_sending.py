@@ -12,7 +12,7 @@ from campaigns.planning import holdout_bucket
 from campaigns.sending import messages_send, messages_sweep_stuck
 from campaigns.sending.backend import outbox
 from campaigns.tasks import dispatch, send_batch
-from customers.models import Customer
+from customers.models import Customer, Order
 
 from .campaign_fixtures import campaign, shop
 from .smtp import SMTPServer
@@ -426,6 +426,36 @@ def test_a_courier_interrupted_while_waiting_still_records_what_the_server_answe
     assert Message.objects.get(pk=accepted.pk).status == "sent"
     assert Message.objects.get(pk=bounced.pk).status == "failed"
     assert Customer.objects.get(pk=bounced.customer_id).suppressed_reason == "bounced"
+
+
+def test_a_misconfigured_post_purchase_campaign_fails_alone_not_the_import_or_the_others(
+    world, tmp_path, django_capture_on_commit_callbacks
+):
+    """A campaign whose planning fails (here a delay too large for a date, set without the form's check)
+    must not report a written import as failed, nor keep the other campaigns from planning."""
+    from customers.importing import orders_import
+
+    broken = campaign(
+        template=world["template"], segment=world["segment"], name="Broken", kind=Campaign.Kind.POST_PURCHASE
+    )
+    good = campaign(
+        template=world["template"], segment=world["segment"], name="Good", kind=Campaign.Kind.POST_PURCHASE
+    )
+    campaign_start(campaign=broken, enqueue=False)
+    campaign_start(campaign=good, enqueue=False)
+    Campaign.objects.filter(pk=broken.pk).update(delay_hours=99_999_999_999)
+    placed = timezone.now().replace(microsecond=0).isoformat()
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "order_id,customer_id,ordered_at,sku,product_name,category,quantity,unit_price\n"
+        f"W-1,R0,{placed},PHONE,Phone,phones,1,500\n"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        summary = orders_import(path=path)  # post-commit receivers run in-process here, as in the demo
+    assert summary.counts["orders_created"] == 1
+    order = Order.objects.get(external_id="W-1")
+    assert Message.objects.filter(campaign=good, trigger_order=order).count() == 1
+    assert not Message.objects.filter(campaign=broken, trigger_order=order).exists()
 
 
 def test_post_purchase_plans_one_message_per_trigger_order_after_the_delay(world, smtp):

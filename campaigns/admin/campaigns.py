@@ -32,7 +32,8 @@ from ..lifecycle import (
 from ..models import Campaign, CampaignRun, EmailTemplate, FrequencyPolicy, Message, Offer
 from ..planning import campaign_preview
 from ..recommender import recommend_for_customers
-from ..rendering import RenderError, email_render, sample_context, template_validate
+from ..rendering import RenderError, email_render, sample_context, template_order_problem, template_validate
+from ..sending import product_url
 from .reports import CampaignReportMixin
 
 
@@ -87,9 +88,13 @@ def _preview_context(customer: Customer | None) -> dict:
             "sku": products[r.product_id].sku,
             "price": products[r.product_id].price,
             "currency": products[r.product_id].currency,
+            "category": products[r.product_id].category,
             "image_url": products[r.product_id].image_url,
             "reason": r.reason,
             "score": round(r.score, 3),
+            # The product's own page: a preview has no stored offer to track or accept.
+            "url": product_url(products[r.product_id]),
+            "accept_url": product_url(products[r.product_id]),
         }
         for r in recs
     ] or context["offers"]
@@ -102,6 +107,12 @@ class EmailTemplateAdmin(admin.ModelAdmin):
     list_display = ("name", "subject", "updated_at", "preview_link")
     search_fields = ("name", "subject")
     change_form_template = "admin/campaigns/emailtemplate/change_form.html"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        problem = template_order_problem(subject=obj.subject, html=obj.html, text=obj.text, layout=obj.layout)
+        if problem:
+            self.message_user(request, f"{obj.name}: saved, but {problem}.", messages.WARNING)
 
     def get_urls(self):
         return [
@@ -246,6 +257,13 @@ class CampaignForm(forms.ModelForm):
                     self.add_error("schedule_cron", f"Not a schedule: {'; '.join(exc.messages)}.")
                 else:
                     self._check_beat_reads(cron)
+        template = data.get("template")
+        if template is not None and data.get("kind") != Campaign.Kind.POST_PURCHASE:
+            problem = template_order_problem(
+                subject=template.subject, html=template.html, text=template.text, layout=template.layout
+            )
+            if problem:  # every email of the campaign would be skipped as a render error
+                self.add_error("template", f"This template needs a post-purchase campaign: {problem}.")
         score = data.get("min_offer_score")
         if score is not None and not 0 <= score <= 1:
             self.add_error("min_offer_score", "A score is a probability: give a number from 0 to 1.")

@@ -322,7 +322,9 @@ def lifetime_value(*, customers) -> dict:
     Churn is the shop's (annual_churn), not the group's own: a group chosen for a recent purchase (a
     post-purchase campaign's recipients) has nobody silent for a year by construction, which read as
     no churn and the longest lifetime for every such campaign."""
-    as_of = Customer.objects.aggregate(t=Max("last_order_at"))["t"] or timezone.now()
+    now = timezone.now()
+    # The latest order, never a day after today: an order dated in the future must not move "now".
+    as_of = min(Customer.objects.aggregate(t=Max("last_order_at"))["t"] or now, now)
     year_ago = as_of - dt.timedelta(days=365)
     agg = _buyers_summary(customers=customers, year_ago=year_ago, as_of=as_of)
     # A semi-join from the year's orders to the buyers, not a list of every buyer's id.

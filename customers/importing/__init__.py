@@ -7,6 +7,7 @@ file changes nothing; a later file with an overlapping order replaces that order
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,8 @@ from .writing import (
     write_complements,
     write_orders,
 )
+
+log = logging.getLogger(__name__)
 
 
 def orders_import(
@@ -140,10 +143,19 @@ def orders_import(
         suppressed_addresses_apply(customer_ids=customer_ids.values())  # erased addresses stay unmailed
         summary.order_ids = order_ids
         if order_ids:
-            transaction.on_commit(lambda: orders_imported.send(sender=Order, order_ids=order_ids))
+            transaction.on_commit(lambda: _announce(order_ids))
     if summary.counts["order_lines_written"] > 50_000:
         analyze(Customer, Order, OrderLine, Product)  # after the commit, so the new rows are sampled
     return summary
+
+
+def _announce(order_ids: list[int]) -> None:
+    """Tell the other apps (post-purchase planning, attribution) about committed orders. Their failure
+    is logged, never the import's: its rows are written (and with tasks run in-process, as in the demo,
+    a receiver's error would otherwise report a written import as failed)."""
+    for receiver, result in orders_imported.send_robust(sender=Order, order_ids=order_ids):
+        if isinstance(result, Exception):
+            log.error("after importing orders, %s failed", receiver, exc_info=result)
 
 
 def customers_import(

@@ -40,6 +40,11 @@ def validate_order_chunk(chunk: pd.DataFrame, name: str, summary: ImportSummary)
     bad_date = placed.isna()
     reject(summary, name, chunk, bad_date, "ordered_at", lambda v: f"{v!r} is not an ISO 8601 date-time")
     bad |= bad_date
+    # An order from the future (a typo'd year) would be every customer's "latest order": reports' "now"
+    # for CLV, a post-purchase email planned years ahead. A day of slack for naive local times.
+    future = ~bad_date & (placed > pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1))
+    reject(summary, name, chunk, future, "ordered_at", lambda v: f"{v!r} is in the future")
+    bad |= future
 
     quantity = parse_quantities(chunk["quantity"])
     bad_qty = quantity.isna() | (quantity != quantity.round()) | (quantity == 0)
