@@ -45,6 +45,9 @@ def test_a_sound_campaign_is_accepted():
         ({"kind": "recurring", "schedule_cron": "0 9 * *"}, "schedule_cron", "Give five cron fields"),
         ({"kind": "recurring", "schedule_timezone": "London"}, "schedule_timezone", "not an IANA time zone"),
         ({"kind": "recurring", "schedule_cron": "0 9 * * 7"}, "schedule_cron", "Sunday is 0, not 7"),
+        ({"kind": "post_purchase", "delay_hours": 99_999_999}, "delay_hours", "less than or equal to 8784"),
+        ({"trigger_lookback_days": 99_999_999}, "trigger_lookback_days", "less than or equal to 366"),
+        ({"trigger_min_value": -10}, "trigger_min_value", "greater than or equal to 0"),
         ({"min_offer_score": -3}, "min_offer_score", "from 0 to 1"),
         ({"allowed_categories": '{"a": 1}'}, "allowed_categories", "JSON list of names"),
         ({"trigger_skus": '"X1"'}, "trigger_skus", "JSON list of names"),
@@ -77,6 +80,10 @@ def test_policy_constraints_explain_themselves_in_the_admin(admin_client):
     assert "Give both the start and the end of quiet hours, or neither." in page
     page = admin_client.post(add, {**base, "quiet_start": "22:00", "quiet_end": "22:00"}).content.decode()
     assert "Quiet hours must start and end at different times." in page
+    page = admin_client.post(
+        add, {**base, "window_days": 99_999_999, "min_gap_hours": 99_999_999}
+    ).content.decode()
+    assert "less than or equal to 366" in page and "less than or equal to 8784" in page  # was a 500 on Start
     assert FrequencyPolicy.objects.count() == 1
 
 
@@ -236,3 +243,12 @@ def test_a_preview_for_a_real_customer_links_to_the_offered_products(admin_clien
     assert context["offers"] and context["offers"] != sample_context()["offers"]
     for offer in context["offers"]:
         assert offer["url"] not in sample_urls and offer["sku"].lower() in offer["url"].lower()
+
+
+def test_a_template_layout_is_one_of_the_shared_layouts():
+    from campaigns.admin.campaigns import EmailTemplateForm
+
+    data = {"name": "t", "subject": "Hi", "html": "<p>x</p>", "text": "x"}
+    assert EmailTemplateForm(data={**data, "layout": "email/base.html"}).is_valid()
+    form = EmailTemplateForm(data={**data, "layout": "../../etc/passwd"})
+    assert not form.is_valid() and "Select a valid choice" in " ".join(form.errors["layout"])

@@ -32,12 +32,29 @@ from ..lifecycle import (
 from ..models import Campaign, CampaignRun, EmailTemplate, FrequencyPolicy, Message, Offer
 from ..planning import campaign_preview
 from ..recommender import recommend_for_customers
-from ..rendering import RenderError, email_render, sample_context, template_order_problem, template_validate
+from ..rendering import (
+    LAYOUT_DIR,
+    RenderError,
+    email_render,
+    sample_context,
+    template_order_problem,
+    template_validate,
+)
 from ..sending import product_url
 from .reports import CampaignReportMixin
 
 
+def _layouts() -> list[tuple[str, str]]:
+    """The shared layouts in templates/email/: an HTML file with its text twin."""
+    folder = LAYOUT_DIR / "email"
+    return [
+        (f"email/{p.name}", p.stem) for p in sorted(folder.glob("*.html")) if p.with_suffix(".txt").exists()
+    ]
+
+
 class EmailTemplateForm(forms.ModelForm):
+    layout = forms.ChoiceField(choices=_layouts, help_text="A shared layout from templates/email/.")
+
     class Meta:
         model = EmailTemplate
         fields = ("name", "layout", "subject", "html", "text")
