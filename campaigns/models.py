@@ -316,8 +316,12 @@ class Message(models.Model):
     # First touches, the earliest event of each kind (see Event.FIRST_TOUCH), kept as events are recorded:
     # a report counts a million messages' funnel in one pass over them instead of grouping their events.
     delivered_at = models.DateTimeField(null=True, blank=True, help_text="First ESP delivered event.")
-    opened_at = models.DateTimeField(null=True, blank=True, help_text="First open or click by a person.")
-    clicked_at = models.DateTimeField(null=True, blank=True, help_text="First click by a person.")
+    opened_at = models.DateTimeField(
+        null=True, blank=True, help_text="First open, click or acceptance by a person."
+    )
+    clicked_at = models.DateTimeField(
+        null=True, blank=True, help_text="First click or acceptance by a person."
+    )
     accepted_at = models.DateTimeField(null=True, blank=True, help_text="First accepted offer.")
 
     class Meta:
@@ -410,7 +414,8 @@ class Event(models.Model):
         Kind.DELIVERED: ("delivered_at",),
         Kind.OPEN: ("opened_at",),
         Kind.CLICK: ("opened_at", "clicked_at"),
-        Kind.ACCEPT: ("accepted_at",),
+        # Accepting is a person's POST on the offer page the email linked to: it was opened and clicked.
+        Kind.ACCEPT: ("opened_at", "clicked_at", "accepted_at"),
     }
     HUMAN_ONLY = (Kind.OPEN, Kind.CLICK)
 

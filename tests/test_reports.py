@@ -399,3 +399,22 @@ def test_report_on_two_connections_equals_the_one_connection_report(monkeypatch)
         report.pop("computed_at")
     assert beside == inline
     assert beside["clv"]["customers"] > 0 and beside["top_products"]
+
+
+def test_an_acceptance_counts_as_an_open_and_a_click(shop):
+    """A recipient who goes straight to an offer's accept link (an image-blocking client: no pixel) and
+    accepts: the funnel must not read accepted 1, clicked 0, opened 0."""
+    from campaigns.events import event_record
+
+    msg = shop["messages"][9]  # sent, never opened or clicked
+    before = campaign_report(campaign=shop["campaign"])["counts"]
+    event_record(
+        kind="accept",
+        message_id=msg.pk,
+        customer_id=msg.customer_id,
+        offer_id=msg.offers.first().pk,
+        occurred_at=T0 + 2 * DAY,
+    )
+    cache.clear()
+    after = campaign_report(campaign=shop["campaign"])["counts"]
+    assert [after[k] - before[k] for k in ("opened", "clicked", "accepted")] == [1, 1, 1]
