@@ -294,6 +294,8 @@ def unsubscribe(request, token):
     if row is None:
         raise Http404("unknown link")
     if request.method in ("GET", "HEAD"):
+        if Customer.objects.filter(pk=row["customer_id"]).exclude(suppressed_reason="").exists():
+            return _done(request, *_UNSUBSCRIBED)  # already: nothing to confirm
         return _page(request, "public/unsubscribe.html", {})
     if request.method != "POST":
         return HttpResponseNotAllowed(["GET", "HEAD", "POST"])
@@ -323,9 +325,17 @@ def preferences(request, token):
     row = _message_row(token, "preferences")
     if row is None:
         raise Http404("unknown link")
+    now = timezone.now()
+    customer = (
+        Customer.objects.filter(pk=row["customer_id"]).values("suppressed_reason", "paused_until").first()
+    )
+    paused_until = customer and customer["paused_until"]
+    paused_until = paused_until if paused_until and paused_until > now else None
     if request.method in ("GET", "HEAD"):
-        subscribed = not Customer.objects.filter(pk=row["customer_id"]).exclude(suppressed_reason="").exists()
-        return _page(request, "public/preferences.html", {"subscribed": subscribed})
+        subscribed = customer is not None and not customer["suppressed_reason"]
+        return _page(
+            request, "public/preferences.html", {"subscribed": subscribed, "paused_until": paused_until}
+        )
     if request.method != "POST":
         return HttpResponseNotAllowed(["GET", "HEAD", "POST"])
     choice = request.POST.get("choice")
@@ -333,7 +343,10 @@ def preferences(request, token):
         _unsubscribe(request, row, "preferences")
         return _done(request, *_UNSUBSCRIBED)
     if choice in PAUSES:
-        until = timezone.now() + dt.timedelta(days=PAUSES[choice])
+        until = now + dt.timedelta(days=PAUSES[choice])
         Customer.objects.filter(pk=row["customer_id"]).update(paused_until=until)
         return _done(request, "Taking a break", f"No product suggestions from us until {until:%-d %B %Y}.")
+    if paused_until is not None:  # "stay" during a break ends it
+        Customer.objects.filter(pk=row["customer_id"]).update(paused_until=None)
+        return _done(request, "Welcome back", "You will receive our product suggestions again.")
     return _done(request, "Nothing changed", "You will keep receiving our product suggestions.")

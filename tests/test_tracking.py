@@ -352,6 +352,8 @@ def test_unsubscribe_confirmation_then_post(client, message):
     assert response.status_code == 200 and b"You are unsubscribed" in response.content
     assert Customer.objects.get(pk=msg.customer_id).suppressed_reason == "unsubscribed"
     assert Event.objects.get().meta["via"] == "link"
+    again = client.get(url("unsubscribe", msg.token))  # the link again: says so, asks nothing
+    assert b"You are unsubscribed" in again.content and b'method="post"' not in again.content
 
 
 @pytest.mark.django_db
@@ -399,4 +401,9 @@ def test_a_pause_stops_cross_sell_emails_until_it_ends(client, message):
     assert not Customer.objects.filter(pk=customer.pk).mailable().exists()
     later = timezone.now() + dt.timedelta(days=31)
     assert Customer.objects.filter(pk=customer.pk).mailable(later).exists()
-    assert client.get(url("preferences", msg.token)).status_code == 200  # GET changes nothing more
+    page = client.get(url("preferences", msg.token))  # GET changes nothing more, and shows the break
+    assert page.status_code == 200 and b"taking a break from our product suggestions until" in page.content
+    assert Customer.objects.get(pk=msg.customer_id).paused_until == customer.paused_until
+    done = client.post(url("preferences", msg.token), {"choice": "stay"})  # ends the break
+    assert b"Welcome back" in done.content
+    assert Customer.objects.filter(pk=customer.pk, paused_until=None).mailable().exists()
