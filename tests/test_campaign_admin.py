@@ -252,3 +252,25 @@ def test_a_template_layout_is_one_of_the_shared_layouts():
     assert EmailTemplateForm(data={**data, "layout": "email/base.html"}).is_valid()
     form = EmailTemplateForm(data={**data, "layout": "../../etc/passwd"})
     assert not form.is_valid() and "Select a valid choice" in " ".join(form.errors["layout"])
+
+
+def test_preview_edits_renders_the_fields_on_screen_and_saves_nothing(admin_client):
+    from django.urls import reverse
+
+    from campaigns.models import EmailTemplate
+
+    template = EmailTemplate.objects.create(name="t", subject="Saved", html="<p>saved body</p>", text="x")
+    page = admin_client.get(reverse("admin:campaigns_emailtemplate_change", args=[template.pk])).content
+    assert b'formtarget="xsell-frame"' in page and b'name="xsell-frame"' in page
+    url = reverse("admin:campaigns_emailtemplate_preview", args=[template.pk])
+    draft = {
+        "subject": "Draft",
+        "html": "<p>edited {{ customer.first_name }}</p>",
+        "text": "x",
+        "layout": "../x",
+    }
+    response = admin_client.post(url, draft)
+    assert b"edited Ada" in response.content and b"saved body" not in response.content
+    assert "sandbox" in response["Content-Security-Policy"]
+    template.refresh_from_db()
+    assert template.html == "<p>saved body</p>"

@@ -418,3 +418,13 @@ def test_an_acceptance_counts_as_an_open_and_a_click(shop):
     cache.clear()
     after = campaign_report(campaign=shop["campaign"])["counts"]
     assert [after[k] - before[k] for k in ("opened", "clicked", "accepted")] == [1, 1, 1]
+
+
+def test_a_customer_held_out_twice_is_one_member_and_their_order_counts_once(shop):
+    """Post-purchase campaigns hold out (or mail) a customer once per order: the uplift's groups are
+    customers, and an order inside two of one customer's windows is one purchase."""
+    cust11 = shop["customers"][11]
+    second = Message.objects.create(campaign=shop["campaign"], customer=cust11, status="holdout")
+    Message.objects.filter(pk=second.pk).update(created_at=T0 + 2 * DAY)  # OH, on day 4, is in both windows
+    window = campaign_report(campaign=shop["campaign"])["window"]["holdout"]
+    assert window == {"members": 4, "buyers": 1, "revenue": 25.0, "revenue_sq": 625.0}

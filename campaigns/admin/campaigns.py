@@ -179,6 +179,18 @@ class EmailTemplateAdmin(admin.ModelAdmin):
         template = get_object_or_404(EmailTemplate, pk=pk)
         if not self.has_view_permission(request, template):
             raise PermissionDenied
+        if request.method == "POST":
+            # "Preview edits": the change form's fields as they are on screen, rendered and never saved.
+            template = EmailTemplate(
+                pk=template.pk,
+                name=template.name,
+                subject=request.POST.get("subject", ""),
+                html=request.POST.get("html", ""),
+                text=request.POST.get("text", ""),
+                layout=request.POST.get("layout", template.layout),
+            )
+            if template.layout not in dict(_layouts()):
+                template.layout = "email/base.html"  # only a shared layout, as the form allows
         try:
             body = self._render(request, template).html
         except RenderError as exc:

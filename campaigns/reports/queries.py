@@ -262,10 +262,12 @@ def window_purchases(*, scope: dict, status: str) -> dict:
     conversions exist only for recipients, who were the only ones shown offers.
     """
     start = "sent_at" if status == SENT else "created_at"
-    members = (
-        Message.objects.filter(_scoped(scope), status=status).values("id", "customer_id", start).order_by()
-    )
-    bounds = members.aggregate(lo=Min(start), hi=Max(start), n=Count("id"))
+    messages = Message.objects.filter(_scoped(scope), status=status)
+    # A member is a customer, not a message: a post-purchase campaign mails (or holds out) a customer
+    # once per order, and an order in two of their windows would count twice. A customer's window runs
+    # from their first message to the attribution window after their last.
+    members = messages.values("customer_id").annotate(first_at=Min(start), last_at=Max(start)).order_by()
+    bounds = messages.aggregate(lo=Min(start), hi=Max(start), n=Count("customer_id", distinct=True))
     window = attribution_window()
     members_sql, members_params = members.query.sql_with_params()
     lo, hi = bounds["lo"], bounds["hi"]
@@ -276,11 +278,11 @@ def window_purchases(*, scope: dict, status: str) -> dict:
     # join groups only the buyers; members who bought nothing add 0 to every sum.
     sql = (
         f"SELECT SUM(CASE WHEN r > 0 THEN 1 ELSE 0 END), SUM(r), SUM(r * r) FROM ("
-        f" SELECT m.id, SUM(o.total) AS r FROM ({members_sql}) m"
+        f" SELECT m.customer_id, SUM(o.total) AS r FROM ({members_sql}) m"
         f" JOIN {orders} o ON o.customer_id = m.customer_id AND o.status = %s"
         f" AND o.placed_at >= %s AND o.placed_at < %s"
-        f" AND o.placed_at >= m.{start} AND o.placed_at < {_plus_days(f'm.{start}', window.days)}"
-        f" GROUP BY m.id) t"
+        f" AND o.placed_at >= m.first_at AND o.placed_at < {_plus_days('m.last_at', window.days)}"
+        f" GROUP BY m.customer_id) t"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, (*members_params, Order.Status.PLACED, lo, hi))
