@@ -32,6 +32,17 @@ def _form(world, **fields) -> CampaignForm:
     return CampaignForm(data={**data, **fields})
 
 
+def _weekly(world, **fields) -> Campaign:
+    return Campaign.objects.create(
+        name="Weekly",
+        kind="recurring",
+        schedule_cron="0 9 * * 1",
+        template=world["template"],
+        segment=world["segment"],
+        **fields,
+    )
+
+
 def test_a_sound_campaign_is_accepted():
     world = shop(recipients=1)
     form = _form(world, allowed_categories='["accessories"]', trigger_skus='["CASE"]')
@@ -118,14 +129,7 @@ def test_a_recurring_campaign_between_runs_keeps_its_audience_and_measurement(ad
     from django.urls import reverse
 
     world = shop(recipients=1)
-    c = Campaign.objects.create(
-        name="Weekly",
-        kind="recurring",
-        schedule_cron="0 9 * * 1",
-        template=world["template"],
-        segment=world["segment"],
-        status="scheduled",  # back to scheduled after a run
-    )
+    c = _weekly(world, status="scheduled")  # back to scheduled after a run
     c.runs.create(key="2026-11-23T09")
     page = admin_client.get(reverse("admin:campaigns_campaign_change", args=[c.pk])).content.decode()
     assert 'name="holdout_percent"' not in page and 'name="kind"' not in page
@@ -164,13 +168,7 @@ def test_editing_a_started_schedule_moves_beats_task_and_keeps_it_paused(admin_c
     from campaigns.lifecycle import campaign_pause, campaign_start
 
     world = shop(recipients=1)
-    c = Campaign.objects.create(
-        name="Weekly",
-        kind="recurring",
-        schedule_cron="0 9 * * 1",
-        template=world["template"],
-        segment=world["segment"],
-    )
+    c = _weekly(world)
     campaign_start(campaign=c)
     campaign_pause(campaign=c)
     page = admin_client.get(reverse("admin:campaigns_campaign_change", args=[c.pk]))
@@ -202,13 +200,7 @@ def test_resuming_a_cancelled_recurring_campaign_is_refused_and_leaves_its_sched
     from campaigns.lifecycle import CampaignStateError, campaign_cancel, campaign_resume, campaign_start
 
     world = shop(recipients=1)
-    c = Campaign.objects.create(
-        name="Weekly",
-        kind="recurring",
-        schedule_cron="0 9 * * 1",
-        template=world["template"],
-        segment=world["segment"],
-    )
+    c = _weekly(world)
     campaign_start(campaign=c)
     campaign_cancel(campaign=c)
     with pytest.raises(CampaignStateError):

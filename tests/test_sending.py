@@ -36,6 +36,17 @@ def world():
     return shop(recipients=6)
 
 
+def _recurring(world, cron: str) -> Campaign:
+    """A recurring campaign between runs ("scheduled") on this schedule."""
+    return campaign(
+        template=world["template"],
+        segment=world["segment"],
+        kind=Campaign.Kind.RECURRING,
+        status=Campaign.Status.SCHEDULED,
+        schedule_cron=cron,
+    )
+
+
 def _send_all(c: Campaign) -> None:
     for ids in campaign_batches(campaign=c):
         messages_send(message_ids=ids)
@@ -80,12 +91,7 @@ def test_running_twice_and_duplicate_task_delivery_send_once(world, smtp):
 
 
 def test_two_beat_ticks_for_the_same_slot_plan_one_run(world, smtp):
-    c = campaign(
-        template=world["template"],
-        segment=world["segment"],
-        kind=Campaign.Kind.RECURRING,
-        status=Campaign.Status.SCHEDULED,
-    )
+    c = _recurring(world, "0 9 * * 1")  # the model's default schedule
     now = timezone.now()
     recurring_run(campaign=c, now=now)
     recurring_run(campaign=c, now=now.replace(minute=(now.minute + 1) % 60) if now.minute < 59 else now)
@@ -99,13 +105,7 @@ def test_a_recurring_run_is_keyed_by_its_schedule_slot_not_the_hour_it_runs_in(w
     beat's tick on time are one run; a schedule every 15 minutes gets a run per slot, not one per hour."""
     import datetime as dt
 
-    c = campaign(
-        template=world["template"],
-        segment=world["segment"],
-        kind=Campaign.Kind.RECURRING,
-        status=Campaign.Status.SCHEDULED,
-        schedule_cron="45 * * * *",
-    )
+    c = _recurring(world, "45 * * * *")
     slot = timezone.now().astimezone(dt.UTC).replace(minute=45, second=0, microsecond=0) - dt.timedelta(
         hours=2
     )
@@ -129,13 +129,7 @@ def test_a_recurring_tick_from_a_worker_whose_clock_is_behind_beats_still_plans_
     previous slot, which is planned already (the run would plan nothing)."""
     import datetime as dt
 
-    c = campaign(
-        template=world["template"],
-        segment=world["segment"],
-        kind=Campaign.Kind.RECURRING,
-        status=Campaign.Status.SCHEDULED,
-        schedule_cron="0 9 * * *",
-    )
+    c = _recurring(world, "0 9 * * *")
     day = timezone.now().astimezone(dt.UTC).replace(hour=9, minute=0, second=0, microsecond=0)
     recurring_run(campaign=c, now=day - dt.timedelta(days=1, seconds=-5))
     Campaign.objects.filter(pk=c.pk).update(status=Campaign.Status.SCHEDULED)
@@ -150,13 +144,7 @@ def test_a_run_planned_under_the_old_hour_key_is_not_planned_again(world):
     """Runs were keyed by the hour they ran in: a task redelivered across the upgrade finds that run."""
     import datetime as dt
 
-    c = campaign(
-        template=world["template"],
-        segment=world["segment"],
-        kind=Campaign.Kind.RECURRING,
-        status=Campaign.Status.SCHEDULED,
-        schedule_cron="0 9 * * *",
-    )
+    c = _recurring(world, "0 9 * * *")
     now = timezone.now().astimezone(dt.UTC).replace(hour=9, minute=0, second=3)
     c.runs.create(key=now.strftime("%Y-%m-%dT%H"))
     recurring_run(campaign=c, now=now)
@@ -197,12 +185,7 @@ def test_schedule_slot_reads_the_cron_as_beat_does():
 def test_a_recurring_run_leaves_a_campaign_cancelled_meanwhile_cancelled(world):
     from campaigns.lifecycle import campaign_cancel
 
-    c = campaign(
-        template=world["template"],
-        segment=world["segment"],
-        kind=Campaign.Kind.RECURRING,
-        status=Campaign.Status.SCHEDULED,
-    )
+    c = _recurring(world, "0 9 * * 1")  # the model's default schedule
     read_by_the_task = Campaign.objects.get(pk=c.pk)
     campaign_cancel(campaign=c)  # the marketer, after the beat task read the campaign
     recurring_run(campaign=read_by_the_task)
