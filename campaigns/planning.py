@@ -89,7 +89,11 @@ def campaign_plan(
 def trigger_orders(*, campaign: Campaign, now: dt.datetime, order_ids: list[int] | None = None):
     """Placed orders recent enough to trigger this post-purchase campaign, as a queryset."""
     orders = Order.objects.filter(
-        status=Order.Status.PLACED, placed_at__gte=now - dt.timedelta(days=campaign.trigger_lookback_days)
+        status=Order.Status.PLACED,
+        placed_at__gte=now - dt.timedelta(days=campaign.trigger_lookback_days),
+        # An order dated in the future (a typo'd year, entered by hand) is no trigger: its email would be
+        # planned years ahead, or past the last date there is (failing the campaign's planning each tick).
+        placed_at__lte=now + dt.timedelta(days=1),
     )
     if order_ids is not None:
         orders = orders.filter(pk__in=order_ids)

@@ -241,7 +241,9 @@ def _last_order_at(op: str, value, path: str, now: dt.datetime) -> Q:
     zone = timezone.get_default_timezone()
     if op == "before":
         return Q(last_order_at__lt=dt.datetime.combine(day, dt.time.min, tzinfo=zone))
-    # "after" a day means from the start of the next day.
+    # "after" a day means from the start of the next day (after the last day there is: nobody).
+    if day == dt.date.max:
+        return Q(pk__in=[])
     return Q(last_order_at__gte=dt.datetime.combine(day + dt.timedelta(days=1), dt.time.min, tzinfo=zone))
 
 

@@ -311,6 +311,8 @@ def one_click_unsubscribe(request, token):
         raise Http404("unknown link")
     if request.method in ("GET", "HEAD"):
         # Someone opened the header's URL in a browser: confirm first, as with the footer link.
+        if Customer.objects.filter(pk=row["customer_id"]).exclude(suppressed_reason="").exists():
+            return _done(request, *_UNSUBSCRIBED)
         return _page(request, "public/unsubscribe.html", {})
     if request.method != "POST":
         return HttpResponseNotAllowed(["GET", "HEAD", "POST"])
@@ -346,7 +348,13 @@ def preferences(request, token):
         until = now + dt.timedelta(days=PAUSES[choice])
         Customer.objects.filter(pk=row["customer_id"]).update(paused_until=until)
         return _done(request, "Taking a break", f"No product suggestions from us until {until:%-d %B %Y}.")
-    if paused_until is not None:  # "stay" during a break ends it
+    if customer is None or customer["suppressed_reason"]:  # a page left open since unsubscribing
+        return _done(request, *_UNSUBSCRIBED)
+    if choice == "stay" and paused_until is not None:  # "receive again" ends the break
         Customer.objects.filter(pk=row["customer_id"]).update(paused_until=None)
         return _done(request, "Welcome back", "You will receive our product suggestions again.")
+    if paused_until is not None:
+        return _done(
+            request, "Nothing changed", f"No product suggestions from us until {paused_until:%-d %B %Y}."
+        )
     return _done(request, "Nothing changed", "You will keep receiving our product suggestions.")

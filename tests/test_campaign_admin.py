@@ -266,3 +266,14 @@ def test_preview_edits_renders_the_fields_on_screen_and_saves_nothing(admin_clie
     assert "sandbox" in response["Content-Security-Policy"]
     template.refresh_from_db()
     assert template.html == "<p>saved body</p>"
+    # As "Send test": only for who may edit templates (a viewer would render any source).
+    from django.contrib.auth.models import Permission, User
+
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_emailtemplate"))
+    admin_client.force_login(viewer)
+    assert admin_client.post(url, draft).status_code == 403
+    assert (
+        b'formtarget="xsell-frame"'
+        not in admin_client.get(reverse("admin:campaigns_emailtemplate_change", args=[template.pk])).content
+    )

@@ -428,3 +428,17 @@ def test_a_customer_held_out_twice_is_one_member_and_their_order_counts_once(sho
     Message.objects.filter(pk=second.pk).update(created_at=T0 + 2 * DAY)  # OH, on day 4, is in both windows
     window = campaign_report(campaign=shop["campaign"])["window"]["holdout"]
     assert window == {"members": 4, "buyers": 1, "revenue": 25.0, "revenue_sq": 625.0}
+
+
+def test_a_later_messages_trigger_order_is_not_a_purchase_in_an_earlier_window(shop):
+    """Each message has its own window: a second post-purchase message's triggering order, two months
+    after the first, is not a purchase after the first email (nor is the time between the windows)."""
+    cust12 = shop["customers"][12]
+    first = Message.objects.get(campaign=shop["campaign"], customer=cust12)  # held out at T0
+    p1 = Product.objects.get(sku="P1")
+    _order(cust12, "T2", T0 + 60 * DAY, [(p1, "80")])  # triggers the second message
+    second = Message.objects.create(campaign=shop["campaign"], customer=cust12, status="holdout")
+    Message.objects.filter(pk=second.pk).update(created_at=T0 + 60 * DAY + DAY)
+    assert first.status == "holdout"
+    window = campaign_report(campaign=shop["campaign"])["window"]["holdout"]
+    assert window == {"members": 4, "buyers": 1, "revenue": 25.0, "revenue_sq": 625.0}

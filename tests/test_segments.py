@@ -102,6 +102,7 @@ EVERYONE = {"alice", "bob", "carol", "dave", "erin", "frank", "grace"}
         # alice's last order is 2024-05-22 12:00: neither before nor after that day.
         ("last_order_at", "after", "2024-05-21", {"alice", "carol"}),
         ("last_order_at", "after", "2024-05-22", {"carol"}),
+        ("last_order_at", "after", "9999-12-31", set()),  # after the last day there is: nobody, no overflow
         ("last_order_at", "before", "2024-05-22", {"bob", "dave", "erin", "grace"}),
         ("last_order_at", "before", "2024-05-23", {"alice", "bob", "dave", "erin", "grace"}),
         # days since: alice 10, bob 60, carol 5, dave 40, erin 200, grace 400, frank never ordered.

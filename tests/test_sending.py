@@ -426,7 +426,7 @@ def test_a_misconfigured_post_purchase_campaign_fails_alone_not_the_import_or_th
     )
     campaign_start(campaign=broken, enqueue=False)
     campaign_start(campaign=good, enqueue=False)
-    Campaign.objects.filter(pk=broken.pk).update(delay_hours=99_999_999_999)
+    Campaign.objects.filter(pk=broken.pk).update(delay_hours=2_000_000_000)  # fits the column, not a date
     placed = timezone.now().replace(microsecond=0).isoformat()
     path = tmp_path / "orders.csv"
     path.write_text(
@@ -439,6 +439,23 @@ def test_a_misconfigured_post_purchase_campaign_fails_alone_not_the_import_or_th
     order = Order.objects.get(external_id="W-1")
     assert Message.objects.filter(campaign=good, trigger_order=order).count() == 1
     assert not Message.objects.filter(campaign=broken, trigger_order=order).exists()
+
+
+def test_an_order_dated_in_the_future_triggers_nothing(world):
+    """Entered by hand with a typo'd year: its email would be planned years ahead, or (year 9999) past
+    the last date there is, failing the campaign's planning on every tick."""
+    import datetime as dt
+
+    from campaigns.planning import post_purchase_plan
+
+    c = campaign(template=world["template"], segment=world["segment"], kind=Campaign.Kind.POST_PURCHASE)
+    campaign_start(campaign=c, enqueue=False)
+    customer = world["recipients"][0]
+    far = Order.objects.create(
+        external_id="FAR", customer=customer, placed_at=dt.datetime(9999, 12, 31, tzinfo=dt.UTC), total=5
+    )
+    post_purchase_plan(campaign=c)
+    assert not Message.objects.filter(trigger_order=far).exists()
 
 
 def test_post_purchase_plans_one_message_per_trigger_order_after_the_delay(world, smtp):

@@ -354,6 +354,10 @@ def test_unsubscribe_confirmation_then_post(client, message):
     assert Event.objects.get().meta["via"] == "link"
     again = client.get(url("unsubscribe", msg.token))  # the link again: says so, asks nothing
     assert b"You are unsubscribed" in again.content and b'method="post"' not in again.content
+    header = client.get(url("one-click", msg.token, "one-click"))  # the header's link, in a browser
+    assert b"You are unsubscribed" in header.content and b'method="post"' not in header.content
+    stale = client.post(url("preferences", msg.token), {"choice": "stay"})  # a page left open
+    assert b"You are unsubscribed" in stale.content and b"Welcome back" not in stale.content
 
 
 @pytest.mark.django_db
@@ -403,6 +407,9 @@ def test_a_pause_stops_cross_sell_emails_until_it_ends(client, message):
     assert Customer.objects.filter(pk=customer.pk).mailable(later).exists()
     page = client.get(url("preferences", msg.token))  # GET changes nothing more, and shows the break
     assert page.status_code == 200 and b"taking a break from our product suggestions until" in page.content
+    assert Customer.objects.get(pk=msg.customer_id).paused_until == customer.paused_until
+    kept = client.post(url("preferences", msg.token), {})  # Save with nothing chosen: the break stays
+    assert b"Nothing changed" in kept.content
     assert Customer.objects.get(pk=msg.customer_id).paused_until == customer.paused_until
     done = client.post(url("preferences", msg.token), {"choice": "stay"})  # ends the break
     assert b"Welcome back" in done.content

@@ -180,7 +180,10 @@ class EmailTemplateAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request, template):
             raise PermissionDenied
         if request.method == "POST":
-            # "Preview edits": the change form's fields as they are on screen, rendered and never saved.
+            # "Preview edits": the change form's fields as they are on screen, rendered and never saved;
+            # for those who may edit the template, as "Send test".
+            if not self.has_change_permission(request, template):
+                raise PermissionDenied
             template = EmailTemplate(
                 pk=template.pk,
                 name=template.name,

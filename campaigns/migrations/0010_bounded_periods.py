@@ -3,6 +3,21 @@
 import django.core.validators
 from django.db import migrations, models
 
+BOUNDS = {  # model -> field -> (lowest, highest): the validators' bounds, for rows saved before them
+    "FrequencyPolicy": {"window_days": (1, 366), "min_gap_hours": (0, 24 * 366), "quiet_deadline_hours": (0, 24 * 31)},
+    "Campaign": {"delay_hours": (0, 24 * 366), "trigger_lookback_days": (0, 366), "trigger_min_value": (0, None)},
+}
+
+
+def clamp(apps, schema_editor):
+    # Values beyond these overflowed dates in planning and caps: bring stored ones within them.
+    for model_name, fields in BOUNDS.items():
+        model = apps.get_model("campaigns", model_name)
+        for field, (low, high) in fields.items():
+            model.objects.filter(**{f"{field}__lt": low}).update(**{field: low})
+            if high is not None:
+                model.objects.filter(**{f"{field}__gt": high}).update(**{field: high})
+
 
 class Migration(migrations.Migration):
 
@@ -41,4 +56,5 @@ class Migration(migrations.Migration):
             name='window_days',
             field=models.PositiveIntegerField(default=7, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(366)]),
         ),
+        migrations.RunPython(clamp, migrations.RunPython.noop),
     ]

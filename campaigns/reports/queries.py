@@ -264,9 +264,9 @@ def window_purchases(*, scope: dict, status: str) -> dict:
     start = "sent_at" if status == SENT else "created_at"
     messages = Message.objects.filter(_scoped(scope), status=status)
     # A member is a customer, not a message: a post-purchase campaign mails (or holds out) a customer
-    # once per order, and an order in two of their windows would count twice. A customer's window runs
-    # from their first message to the attribution window after their last.
-    members = messages.values("customer_id").annotate(first_at=Min(start), last_at=Max(start)).order_by()
+    # once per order. Each message has its own window; an order inside two of one customer's windows
+    # is one purchase (distinct customer and order), and the time between windows is not counted.
+    members = messages.values("customer_id", start).order_by()
     bounds = messages.aggregate(lo=Min(start), hi=Max(start), n=Count("customer_id", distinct=True))
     window = attribution_window()
     members_sql, members_params = members.query.sql_with_params()
@@ -278,11 +278,12 @@ def window_purchases(*, scope: dict, status: str) -> dict:
     # join groups only the buyers; members who bought nothing add 0 to every sum.
     sql = (
         f"SELECT SUM(CASE WHEN r > 0 THEN 1 ELSE 0 END), SUM(r), SUM(r * r) FROM ("
-        f" SELECT m.customer_id, SUM(o.total) AS r FROM ({members_sql}) m"
-        f" JOIN {orders} o ON o.customer_id = m.customer_id AND o.status = %s"
-        f" AND o.placed_at >= %s AND o.placed_at < %s"
-        f" AND o.placed_at >= m.first_at AND o.placed_at < {_plus_days('m.last_at', window.days)}"
-        f" GROUP BY m.customer_id) t"
+        f" SELECT p.customer_id, SUM(p.total) AS r FROM ("
+        f"  SELECT DISTINCT m.customer_id, o.id, o.total FROM ({members_sql}) m"
+        f"  JOIN {orders} o ON o.customer_id = m.customer_id AND o.status = %s"
+        f"  AND o.placed_at >= %s AND o.placed_at < %s"
+        f"  AND o.placed_at >= m.{start} AND o.placed_at < {_plus_days(f'm.{start}', window.days)}"
+        f" ) p GROUP BY p.customer_id) t"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, (*members_params, Order.Status.PLACED, lo, hi))
@@ -361,7 +362,8 @@ def annual_churn(*, as_of: dt.datetime) -> tuple[float | None, int]:
     """(churn, cohort size): of the customers with a placed order in the year before the last 365 days
     up to as_of, the share with none in those 365 days; None without such customers. From the orders of
     the whole shop, cached per as_of (one scan of two years' orders, the same for every campaign)."""
-    key = f"xsell:annual-churn:{as_of.isoformat()}"
+    # By the hour: as_of is "now" when the latest order is dated after it, a new key on every call.
+    key = f"xsell:annual-churn:{as_of.replace(minute=0, second=0, microsecond=0).isoformat()}"
     cached = cache.get(key)
     if cached is not None:
         return tuple(cached)
