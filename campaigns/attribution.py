@@ -109,8 +109,11 @@ def _recipient_candidates(purchases: pd.DataFrame, sent: pd.DataFrame) -> pd.Dat
     clicks = pd.concat(
         [
             _frame(
+                # An acceptance is a click too (the offer page the email linked to), as in the funnel.
                 Event.objects.filter(
-                    message_id__in=ids[i : i + CHUNK], kind=Event.Kind.CLICK, is_machine=False
+                    message_id__in=ids[i : i + CHUNK],
+                    kind__in=(Event.Kind.CLICK, Event.Kind.ACCEPT),
+                    is_machine=False,
                 )
                 .values("message_id")
                 .annotate(last_click=Max("occurred_at")),

@@ -90,6 +90,22 @@ def test_a_human_click_extends_the_window_but_a_scanner_click_does_not(settings)
 
 
 @pytest.mark.django_db
+def test_an_acceptance_extends_the_window_as_a_click_does(settings):
+    settings.ATTRIBUTION_DELIVERY_DAYS = 30
+    settings.ATTRIBUTION_CLICK_DAYS = 7
+    msg, offers = sent_message(sent_ago=dt.timedelta(days=60))
+    Event.objects.create(
+        kind="accept",
+        message=msg,
+        customer=msg.customer,
+        offer=offers[0],
+        occurred_at=msg.sent_at + dt.timedelta(days=28),
+    )
+    o = order(msg.customer, msg.sent_at + dt.timedelta(days=33), [(offers[0].product, 1, "9.50")])
+    assert conversions_attribute(order_ids=[o.pk]) == 1
+
+
+@pytest.mark.django_db
 def test_window_lengths_come_from_settings(settings):
     settings.ATTRIBUTION_DELIVERY_DAYS = 2
     msg, offers = sent_message(sent_ago=dt.timedelta(days=10))
