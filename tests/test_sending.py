@@ -458,6 +458,21 @@ def test_an_order_dated_in_the_future_triggers_nothing(world):
     assert not Message.objects.filter(trigger_order=far).exists()
 
 
+def test_a_message_the_deadline_kept_from_the_server_is_not_failed_at_its_last_attempt(world, settings):
+    from campaigns.sending import deliver
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    m = Message.objects.filter(campaign=c, status="planned").first()
+    Message.objects.filter(pk=m.pk).update(status="sending", attempts=settings.SEND_MAX_ATTEMPTS)
+    m.refresh_from_db()
+    deliver._record(m, "retry", f"{deliver.OUT_OF_TIME} (SEND_STUCK_MINUTES is 15)")
+    assert Message.objects.get(pk=m.pk).status == "planned"
+    Message.objects.filter(pk=m.pk).update(status="sending")
+    deliver._record(m, "retry", "451 4.3.0 try again later")  # a real 4xx at the last attempt fails
+    assert Message.objects.get(pk=m.pk).status == "failed"
+
+
 def test_post_purchase_plans_one_message_per_trigger_order_after_the_delay(world, smtp):
     c = campaign(
         template=world["template"],

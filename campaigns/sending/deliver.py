@@ -128,10 +128,18 @@ def _record_sent(sent: list[tuple[int, dt.datetime]]) -> None:
     sent.clear()
 
 
+OUT_OF_TIME = "not sent: the batch ran out of time"
+
+
 def _record(message: Message, outcome: str, error: str = "", hard_bounce: bool = False) -> None:
     now = timezone.now()
     fields: dict = {"error": error[:2000]}
-    if outcome == _Outcome.RETRY:
+    if outcome == _Outcome.RETRY and error.startswith(OUT_OF_TIME):
+        # Never offered to the server (the batch's deadline): this attempt does not count towards
+        # failing it, so a slow server does not turn messages it never saw into failures. (The counter
+        # still goes up: a retried message's offers are found by it.)
+        fields.update(retry_fields(message.attempts - 1, now))
+    elif outcome == _Outcome.RETRY:
         fields.update(retry_fields(message.attempts, now))
     elif outcome == _Outcome.UNCERTAIN:
         fields.update(status=Message.Status.UNCERTAIN)
@@ -215,7 +223,7 @@ class Courier:
                 for message, email in ready:
                     if not refused and self.deadline is not None and time.monotonic() > self.deadline:
                         refused = (
-                            f"not sent: the batch ran out of time (SEND_STUCK_MINUTES is "
+                            f"{OUT_OF_TIME} (SEND_STUCK_MINUTES is "
                             f"{settings.SEND_STUCK_MINUTES}); sent in a later batch"
                         )
                     if refused:  # nothing of it was sent: every message may be retried
