@@ -59,6 +59,7 @@ def test_a_sound_campaign_is_accepted():
         ({"kind": "post_purchase", "delay_hours": 99_999_999}, "delay_hours", "less than or equal to 8784"),
         ({"trigger_lookback_days": 99_999_999}, "trigger_lookback_days", "less than or equal to 366"),
         ({"trigger_min_value": -10}, "trigger_min_value", "greater than or equal to 0"),
+        ({"send_at": "2020-01-01 09:00:00"}, "send_at", "That time has passed"),
         ({"min_offer_score": -3}, "min_offer_score", "from 0 to 1"),
         ({"allowed_categories": '{"a": 1}'}, "allowed_categories", "JSON list of names"),
         ({"trigger_skus": '"X1"'}, "trigger_skus", "JSON list of names"),

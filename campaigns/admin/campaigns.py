@@ -276,6 +276,8 @@ class CampaignForm(forms.ModelForm):
             self.add_error(
                 "send_at", "A post-purchase campaign is sent after each order, not at a fixed time."
             )
+        elif data.get("send_at") and "send_at" in self.changed_data and data["send_at"] < timezone.now():
+            self.add_error("send_at", "That time has passed: leave it empty to send when you start it.")
         if data.get("kind") == Campaign.Kind.RECURRING:
             cron = data.get("schedule_cron") or ""
             if len(cron.split()) != 5:
