@@ -496,6 +496,36 @@ def test_dry_run_sends_nothing(world, smtp, capsys):
     assert smtp.messages == [] and not Message.objects.exists()
 
 
+def test_a_large_dry_run_estimates_the_capped_from_a_sample(world, monkeypatch, capsys):
+    """Above PREVIEW_CAP_SAMPLE recipients the caps of a fixed sample are read (the whole audience's
+    would outlast the request at a million): the estimate says so, and is exact in share."""
+    from campaigns import planning
+    from campaigns.caps import policy_default
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    capped = world["recipients"][:3]
+    policy = policy_default()
+    for customer in capped:  # mailed an hour ago: inside the 24 h gap
+        Message.objects.create(
+            campaign=campaign(
+                template=world["template"], segment=world["segment"], name=f"Earlier {customer.pk}"
+            ),
+            customer=customer,
+            status="sent",
+            claimed_at=timezone.now() - timezone.timedelta(hours=1),
+            sent_at=timezone.now() - timezone.timedelta(hours=1),
+        )
+    type(policy).objects.filter(pk=policy.pk).update(min_gap_hours=24)
+    exact = planning.campaign_preview(campaign=c)
+    assert (exact.capped, exact.would_send, exact.capped_sampled) == (3, 3, 0)
+    monkeypatch.setattr(planning, "PREVIEW_CAP_SAMPLE", 4)
+    estimate = planning.campaign_preview(campaign=c)
+    assert estimate.capped_sampled == 4 and estimate.capped + estimate.would_send == 6
+    assert estimate.capped in (2, 3, 4)  # 1 to 3 of the 4 read, scaled to 6 and rounded (1.5 → 2)
+    call_command("run_campaign", c.name, "--dry-run")
+    assert "(estimated from 4 recipients)" in capsys.readouterr().out
+
+
 def _html(mail) -> str:
     return (
         next(p for p in mail.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()

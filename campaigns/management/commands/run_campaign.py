@@ -56,8 +56,10 @@ class Command(BaseCommand):
         self.stdout.write(f"audience (segment): {preview.audience}")
         self.stdout.write(f"suppressed or without consent: {preview.suppressed}")
         self.stdout.write(f"holdout ({campaign.holdout_percent}%): {preview.holdout}")
-        self.stdout.write(f"capped or in quiet hours now: {preview.capped}")
-        self.stdout.write(f"would be sent: {preview.would_send}")
+        about = "about " if preview.capped_sampled else ""
+        sampled = f" (estimated from {preview.capped_sampled} recipients)" if preview.capped_sampled else ""
+        self.stdout.write(f"capped or in quiet hours now: {about}{preview.capped}{sampled}")
+        self.stdout.write(f"would be sent: {about}{preview.would_send}")
         for email, offers in preview.samples:
             self.stdout.write(f"sample offers for {email}:")
             for score, name, reason in offers:
