@@ -99,16 +99,19 @@ def schedule_sync(*, campaign: Campaign) -> None:
         PeriodicTask.objects.filter(pk=campaign.periodic_task_id).update(crontab=_crontab(campaign))
 
 
+def beat_crontab(cron: str) -> crontab:
+    """The 5-field cron as beat reads it (Celery's crontab); ValueError or ParseException if it cannot."""
+    minute, hour, day, month, weekday = cron.split()
+    return crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday)
+
+
 def schedule_slot(cron: str, now: dt.datetime, zone: str = "UTC") -> dt.datetime | None:
     """The latest minute at or before `now` at which the 5-field cron, read in the time zone `zone`,
     fires, read as beat reads it (Celery's crontab: a day must match both the day of month and the day
     of week); None when the expression or zone is invalid or the cron fires on none of the last 5
     years' days. A local time that happens twice (the hour clocks go back) is the same slot both times."""
     try:
-        minute, hour, day, month, weekday = cron.split()
-        schedule = crontab(
-            minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday
-        )
+        schedule = beat_crontab(cron)
         tz = zoneinfo.ZoneInfo(zone)
     except (ValueError, ParseException, zoneinfo.ZoneInfoNotFoundError):
         return None

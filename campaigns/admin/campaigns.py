@@ -2,7 +2,7 @@
 
 from urllib.parse import urlencode
 
-from celery.schedules import ParseException, crontab
+from celery.schedules import ParseException
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -23,6 +23,7 @@ from customers.models import Customer, Product
 
 from ..lifecycle import (
     CampaignStateError,
+    beat_crontab,
     campaign_cancel,
     campaign_pause,
     campaign_resume,
@@ -312,9 +313,8 @@ class CampaignForm(forms.ModelForm):
     def _check_beat_reads(self, cron: str) -> None:
         """What the validator above accepts but beat cannot read (Sunday as 7): beat would drop the
         schedule silently and the campaign would never run."""
-        minute, hour, day, month, weekday = cron.split()
         try:
-            crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday)
+            beat_crontab(cron)
         except (ValueError, ParseException) as exc:
             self.add_error("schedule_cron", f"The scheduler cannot read it: {exc} (Sunday is 0, not 7).")
 

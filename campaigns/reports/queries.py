@@ -361,7 +361,7 @@ def lifetime_value(*, customers) -> dict:
 def annual_churn(*, as_of: dt.datetime) -> tuple[float | None, int]:
     """(churn, cohort size): of the customers with a placed order in the year before the last 365 days
     up to as_of, the share with none in those 365 days; None without such customers. From the orders of
-    the whole shop, cached per as_of (one scan of two years' orders, the same for every campaign)."""
+    the whole shop, cached by as_of's hour (one scan of two years' orders, the same for every campaign)."""
     # By the hour: as_of is "now" when the latest order is dated after it, a new key on every call.
     key = f"xsell:annual-churn:{as_of.replace(minute=0, second=0, microsecond=0).isoformat()}"
     cached = cache.get(key)
