@@ -310,6 +310,14 @@ class Message(models.Model):
     claimed_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # A claim given back before the server saw the message (it could not be reached, or the batch ran
+    # out of time) is a deferral: it counts towards SEND_DEFER_HOURS, not towards SEND_MAX_ATTEMPTS, so a
+    # mail server down for an hour does not fail a whole campaign.
+    deferrals = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Claims given back unsent: the mail server could not be reached, or time ran out.",
+    )
+    deferred_since = models.DateTimeField(null=True, blank=True, help_text="First deferral.")
     message_id = models.CharField(max_length=255, blank=True)
     error = models.TextField(blank=True)
     is_simulated = models.BooleanField(default=False)
@@ -346,6 +354,10 @@ class Message(models.Model):
                 condition=~Q(status="sent") | Q(sent_at__isnull=False), name="message_sent_has_time"
             ),
             models.UniqueConstraint(fields=["token"], name="message_token_unique"),
+            # Every deferral is one of the claims counted by attempts.
+            models.CheckConstraint(
+                condition=Q(deferrals__lte=F("attempts")), name="message_deferrals_are_claims"
+            ),
         ]
         indexes = [
             models.Index(fields=["campaign", "status"], name="message_campaign_status_idx"),

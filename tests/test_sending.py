@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 from django.utils import timezone
 
 from campaigns.lifecycle import campaign_batches, campaign_start, recurring_run
@@ -458,7 +459,11 @@ def test_an_order_dated_in_the_future_triggers_nothing(world):
     assert not Message.objects.filter(trigger_order=far).exists()
 
 
-def test_a_message_the_deadline_kept_from_the_server_is_not_failed_at_its_last_attempt(world, settings):
+def test_a_message_the_server_never_saw_is_deferred_not_failed_at_its_last_attempt(world, settings):
+    """Kept from the server (the batch's deadline, the server unreachable): deferred, which is not an
+    attempt; the real attempts alone count towards SEND_MAX_ATTEMPTS."""
+    import datetime as dt
+
     from campaigns.sending import deliver
 
     c = campaign(template=world["template"], segment=world["segment"])
@@ -466,11 +471,80 @@ def test_a_message_the_deadline_kept_from_the_server_is_not_failed_at_its_last_a
     m = Message.objects.filter(campaign=c, status="planned").first()
     Message.objects.filter(pk=m.pk).update(status="sending", attempts=settings.SEND_MAX_ATTEMPTS)
     m.refresh_from_db()
-    deliver._record(m, "retry", f"{deliver.OUT_OF_TIME} (SEND_STUCK_MINUTES is 15)")
-    assert Message.objects.get(pk=m.pk).status == "planned"
-    Message.objects.filter(pk=m.pk).update(status="sending")
-    deliver._record(m, "retry", "451 4.3.0 try again later")  # a real 4xx at the last attempt fails
+    deliver._record(m, "deferred", f"{deliver.OUT_OF_TIME} (SEND_STUCK_MINUTES is 15)")
+    m.refresh_from_db()
+    assert (m.status, m.deferrals) == ("planned", 1) and m.deferred_since is not None
+    # Claimed again (one more attempt, of which one was a deferral), a real 4xx: attempt 5 of 5 fails.
+    Message.objects.filter(pk=m.pk).update(status="sending", attempts=settings.SEND_MAX_ATTEMPTS + 1)
+    m.refresh_from_db()
+    deliver._record(m, "retry", "451 4.3.0 try again later")
     assert Message.objects.get(pk=m.pk).status == "failed"
+    # Deferred for longer than SEND_DEFER_HOURS: failed, saying why.
+    Message.objects.filter(pk=m.pk).update(
+        status="sending",
+        attempts=2,
+        deferrals=1,
+        deferred_since=timezone.now() - dt.timedelta(hours=settings.SEND_DEFER_HOURS, minutes=1),
+    )
+    m.refresh_from_db()
+    deliver._record(m, "deferred", "cannot connect: ConnectionRefusedError")
+    m.refresh_from_db()
+    assert m.status == "failed" and m.deferrals == 2
+    assert (
+        m.error
+        == f"not sent for {settings.SEND_DEFER_HOURS} hours; last: cannot connect: ConnectionRefusedError"
+    )
+
+
+def test_a_deferred_message_waits_about_as_long_as_it_has_waited_up_to_a_bound(world, settings):
+    import datetime as dt
+
+    from campaigns.sending.deliver import deferral_fields
+
+    settings.SEND_RETRY_BASE_SECONDS, settings.SEND_DEFER_MAX_SECONDS = 60, 1800
+    now = timezone.now()
+    m = Message(attempts=1)
+    first = deferral_fields(m, now)
+    assert first["deferred_since"] == now and 30 <= (first["send_after"] - now).total_seconds() <= 90
+    m.deferred_since = now - dt.timedelta(minutes=10)
+    later = deferral_fields(m, now)
+    assert 300 <= (later["send_after"] - now).total_seconds() <= 900
+    m.deferred_since = now - dt.timedelta(hours=5)
+    assert (deferral_fields(m, now)["send_after"] - now).total_seconds() <= 2700
+
+
+def test_a_mail_server_down_for_longer_than_the_attempts_delays_the_campaign_without_failing_it(
+    world, settings, admin_client
+):
+    """Every round finds the server unreachable, more rounds than SEND_MAX_ATTEMPTS; once it is back,
+    each customer gets one email."""
+    from .smtp import SMTPServer
+
+    settings.EMAIL_BACKEND = "campaigns.sending.backend.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_USE_TLS, settings.EMAIL_USE_SSL = "127.0.0.1", False, False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    settings.SEND_RETRY_BASE_SECONDS = settings.SEND_DEFER_MAX_SECONDS = 0
+    with SMTPServer() as server:
+        port = server.port
+    settings.EMAIL_PORT = port  # nothing listens there now: every connection is refused
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    for _ in range(settings.SEND_MAX_ATTEMPTS + 2):
+        _send_all(c)
+    outcomes = _outcomes(c)
+    assert {status for status, _ in outcomes.values()} == {"planned"}
+    assert all("cannot connect" in error for _, error in outcomes.values())
+    page = admin_client.get(reverse("admin:campaigns_campaign_change", args=[c.pk])).content.decode()
+    assert ". 6 deferred since" in page and "(cannot connect: ConnectionRefusedError" in page
+    with SMTPServer() as server:
+        settings.EMAIL_PORT = server.port
+        _send_all(c)
+        counts = server.recorder.count_by_recipient()
+    assert sorted(counts.values()) == [1] * 6 == [1] * len(outcomes)
+    assert {status for status, _ in _outcomes(c).values()} == {"sent"}
+    assert set(Message.objects.filter(campaign=c, status="sent").values_list("deferrals", flat=True)) == {
+        settings.SEND_MAX_ATTEMPTS + 2
+    }
 
 
 def test_post_purchase_plans_one_message_per_trigger_order_after_the_delay(world, smtp):
@@ -1017,6 +1091,8 @@ def test_when_the_server_is_gone_after_a_lost_data_the_rest_of_the_batch_is_retr
     assert {status for status, _ in outcomes.values()} == {"planned"}
     assert counts["uncertain"] == 1 and counts["retry"] == 5
     assert all("cannot reconnect" in error for _, error in outcomes.values())
+    deferrals = Message.objects.filter(campaign=c, status="planned").values_list("deferrals", flat=True)
+    assert set(deferrals) == {1}  # not offered to the server: not an attempt
 
 
 def test_an_address_django_refuses_fails_that_message_only(world, smtp):

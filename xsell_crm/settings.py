@@ -208,6 +208,11 @@ SEND_BATCH_SIZE = env_int("SEND_BATCH_SIZE", 1000)  # bench: 1,000 beat 200 (few
 SEND_MAX_ATTEMPTS = env_int("SEND_MAX_ATTEMPTS", 5)
 SEND_RETRY_BASE_SECONDS = env_int("SEND_RETRY_BASE_SECONDS", 60)
 SEND_STUCK_MINUTES = env_int("SEND_STUCK_MINUTES", 15)
+# A message the server never saw (it could not be reached; the batch ran out of time) is deferred, not
+# counted as an attempt: tried again after about as long as it has waited so far (at most
+# SEND_DEFER_MAX_SECONDS), and failed once SEND_DEFER_HOURS have passed since its first deferral.
+SEND_DEFER_HOURS = env_int("SEND_DEFER_HOURS", 24)
+SEND_DEFER_MAX_SECONDS = env_int("SEND_DEFER_MAX_SECONDS", 1800)
 
 # Attribution: an order of an offered product counts for the offer within these windows.
 ATTRIBUTION_CLICK_DAYS = env_int("ATTRIBUTION_CLICK_DAYS", 7)

@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import EmailMultiAlternatives
-from django.db.models import Count
+from django.db.models import Count, Min
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -409,7 +409,20 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
         if obj.pk is None:
             return "—"
         counts = dict(obj.messages.values_list("status").annotate(n=Count("pk")).order_by())
-        return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none yet"
+        text = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none yet"
+        if counts.get(Message.Status.PLANNED):
+            # Planned again because the mail server could not take them: say so, or it looks stuck.
+            waiting = obj.messages.filter(status=Message.Status.PLANNED, deferrals__gt=0)
+            deferred = waiting.aggregate(n=Count("pk"), since=Min("deferred_since"), next=Min("send_after"))
+            if deferred["n"]:
+                error = waiting.order_by("-claimed_at").values_list("error", flat=True).first()
+                text += (
+                    f". {deferred['n']} deferred since "
+                    f"{timezone.localtime(deferred['since']):%Y-%m-%d %H:%M}, next try "
+                    f"{timezone.localtime(deferred['next'] or deferred['since']):%H:%M} ({error}); they fail after "
+                    f"{settings.SEND_DEFER_HOURS} hours"
+                )
+        return text
 
     @admin.display(description="report")
     def report_link(self, obj):

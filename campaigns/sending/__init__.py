@@ -82,8 +82,8 @@ def _release(messages: list[Message], exc: BaseException) -> None:
     error = f"not sent: the batch stopped ({type(exc).__name__}: {exc})"[:2000]
     now = timezone.now()
     try:
-        for attempts in sorted({m.attempts for m in messages}):
-            ids = [m.pk for m in messages if m.attempts == attempts]
+        for attempts in sorted({m.attempts - m.deferrals for m in messages}):  # real attempts
+            ids = [m.pk for m in messages if m.attempts - m.deferrals == attempts]
             Message.objects.filter(pk__any=ids, status=Message.Status.SENDING).update(
                 error=error, **retry_fields(attempts, now)
             )

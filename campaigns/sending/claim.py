@@ -42,6 +42,8 @@ MESSAGE_FIELDS = (
     "created_at",
     "claimed_at",
     "attempts",
+    "deferrals",
+    "deferred_since",
 )
 
 

@@ -1,7 +1,8 @@
 """Deliver over one connection per batch and record each outcome: sent, retry (4xx, or the
-conversation broke before the message's DATA), failed (5xx, or an address Django cannot put in a
-header; a recipient's hard bounce suppresses them), uncertain (the conversation broke once DATA was
-sent: the server may have the message, so it is never resent)."""
+conversation broke before the message's DATA), deferred (never offered to the server: it could not be
+reached, or the batch ran out of time), failed (5xx, or an address Django cannot put in a header; a
+recipient's hard bounce suppresses them), uncertain (the conversation broke once DATA was sent: the
+server may have the message, so it is never resent)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ SENT_FLUSH = 200  # accepted messages recorded as sent per UPDATE (its cost is m
 
 class _Outcome:
     SENT, RETRY, FAILED, UNCERTAIN = "sent", "retry", "failed", "uncertain"
+    DEFERRED = "deferred"  # counted with the retries
 
 
 def _classify(exc: Exception, *, may_have_arrived: bool = True) -> tuple[str, bool, str]:
@@ -103,6 +105,24 @@ def retry_fields(attempts: int, now: dt.datetime) -> dict:
     }
 
 
+def deferral_fields(message: Message, now: dt.datetime) -> dict:
+    """The status of a message given back before the server saw it: planned again after about as long
+    as it has been deferred so far (doubling from SEND_RETRY_BASE_SECONDS, at most
+    SEND_DEFER_MAX_SECONDS, with jitter), without counting an attempt; failed once SEND_DEFER_HOURS have
+    passed since its first deferral. An outage of the mail server delays a campaign, not fails it."""
+    since = message.deferred_since or now
+    waited = (now - since).total_seconds()
+    fields = {"deferrals": F("deferrals") + 1, "deferred_since": since}
+    if waited >= settings.SEND_DEFER_HOURS * 3600:
+        return {**fields, "status": Message.Status.FAILED}
+    wait = min(max(waited, settings.SEND_RETRY_BASE_SECONDS), settings.SEND_DEFER_MAX_SECONDS)
+    return {
+        **fields,
+        "status": Message.Status.PLANNED,
+        "send_after": now + dt.timedelta(seconds=wait * random.uniform(0.5, 1.5)),
+    }
+
+
 def _record_sent(sent: list[tuple[int, dt.datetime]]) -> None:
     """Mark a run of accepted messages (id, when the server accepted it) sent, in one statement; their
     Message-ID derives from the token. Each keeps its own time: a slow server or ESP can take minutes
@@ -134,13 +154,13 @@ OUT_OF_TIME = "not sent: the batch ran out of time"
 def _record(message: Message, outcome: str, error: str = "", hard_bounce: bool = False) -> None:
     now = timezone.now()
     fields: dict = {"error": error[:2000]}
-    if outcome == _Outcome.RETRY and error.startswith(OUT_OF_TIME):
-        # Never offered to the server (the batch's deadline): this attempt does not count towards
-        # failing it, so a slow server does not turn messages it never saw into failures. (The counter
-        # still goes up: a retried message's offers are found by it.)
-        fields.update(retry_fields(message.attempts - 1, now))
+    if outcome == _Outcome.DEFERRED:
+        fields.update(deferral_fields(message, now))
+        if fields["status"] == Message.Status.FAILED:
+            fields["error"] = f"not sent for {settings.SEND_DEFER_HOURS} hours; last: {error}"[:2000]
     elif outcome == _Outcome.RETRY:
-        fields.update(retry_fields(message.attempts, now))
+        # The deferrals were claims the server never saw: only real attempts count towards failing.
+        fields.update(retry_fields(message.attempts - message.deferrals, now))
     elif outcome == _Outcome.UNCERTAIN:
         fields.update(status=Message.Status.UNCERTAIN)
     else:
@@ -201,7 +221,7 @@ class Courier:
                 message, outcome, error, hard, when = self.outcomes.get_nowait()
             except queue.Empty:
                 return
-            self.counts[outcome] += 1
+            self.counts[_Outcome.RETRY if outcome == _Outcome.DEFERRED else outcome] += 1
             if outcome == _Outcome.SENT:
                 self.sent.append((message.pk, when))
                 if len(self.sent) >= SENT_FLUSH:
@@ -226,8 +246,8 @@ class Courier:
                             f"{OUT_OF_TIME} (SEND_STUCK_MINUTES is "
                             f"{settings.SEND_STUCK_MINUTES}); sent in a later batch"
                         )
-                    if refused:  # nothing of it was sent: every message may be retried
-                        self.outcomes.put((message, _Outcome.RETRY, refused, False, None))
+                    if refused:  # never offered to the server: deferred, not an attempt
+                        self.outcomes.put((message, _Outcome.DEFERRED, refused, False, None))
                         continue
                     outcome, error, hard = _send_one(connection, email)
                     self.outcomes.put((message, outcome, error, hard, timezone.now()))
