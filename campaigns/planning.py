@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -141,21 +142,28 @@ class CampaignPreview:
 
 
 # The dry run reads every recipient's caps up to this many; above it, a fixed random sample of this
-# many estimates the share capped. 100,000 mailable customers took 4.7 s in the request under
-# cProfile, most of it the caps (the 120k bench shop): a million would outlast a web worker's timeout.
+# many estimates the share capped. 100,000 mailable customers took 4.7 s under cProfile, most of it
+# the caps (the 120k bench shop): the admin's page waits for the dry run's task (dry_runs).
 PREVIEW_CAP_SAMPLE = 50_000
 
 
 def campaign_preview(
-    *, campaign: Campaign, now: dt.datetime | None = None, sample: int = 5
+    *,
+    campaign: Campaign,
+    now: dt.datetime | None = None,
+    sample: int = 5,
+    on_step: Callable[[str], None] | None = None,
 ) -> CampaignPreview:
-    """The dry run shown before a campaign starts (admin) and by `run_campaign --dry-run`."""
+    """The dry run shown before a campaign starts (admin, dry_runs) and by `run_campaign --dry-run`.
+    on_step(name) is told each step as it begins."""
     from customers.models import Customer, Product
 
     from .caps import CapLedger, policy_default
     from .recommender import recommend_for_customers
 
+    step = on_step or (lambda name: None)
     now = now or timezone.now()
+    step("reading the audience")
     everyone, mailable = campaign_audience(campaign, now)
     orders_count = None
     # The mailable with their time zones in one read (the quiet hours check needs them).
@@ -168,6 +176,7 @@ def campaign_preview(
         zones = dict(mailable.values_list("pk", "timezone"))
         audience = everyone.count()
     ids = list(zones)
+    step("drawing the holdout")
     holdout = {
         c for c in ids if holdout_bucket(campaign_id=campaign.pk, customer_id=c) < campaign.holdout_percent
     }
@@ -175,11 +184,13 @@ def campaign_preview(
     read = recipients
     if len(recipients) > PREVIEW_CAP_SAMPLE:  # seeded: the same campaign shows the same estimate
         read = sorted(random.Random(campaign.pk).sample(recipients, PREVIEW_CAP_SAMPLE))
+    step("reading the frequency caps")
     ledger = CapLedger(policy=campaign.frequency_policy or policy_default(), customer_ids=read, now=now)
     capped = sum(not ledger.check(customer_id=c, timezone_name=zones.get(c, "UTC")).allowed for c in read)
     if read is not recipients:
         capped = round(capped * len(recipients) / len(read))
     shown = recipients[:sample]
+    step("scoring sample offers")
     recs = recommend_for_customers(
         customer_ids=shown,
         k=campaign.offers_per_email,

@@ -7,6 +7,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError
 
+from .dry_runs import dry_run_compute
 from .lifecycle import (
     CampaignStateError,
     campaign_batches,
@@ -55,6 +56,12 @@ def send_batch(*, campaign_id: int, message_ids: list[int]) -> dict:
         dispatch.apply_async(kwargs={"campaign_id": campaign_id}, countdown=settings.SEND_RETRY_BASE_SECONDS)
     campaign_finish_if_done(campaign=Campaign.objects.get(pk=campaign_id))
     return counts
+
+
+@shared_task(name="campaigns.dry_run", queue="default")
+def campaign_dry_run(*, campaign_id: int, token: str) -> None:
+    """The dry run the admin shows before Start: at a million recipients, longer than a request may take."""
+    dry_run_compute(campaign_id=campaign_id, token=token)
 
 
 @shared_task(name="campaigns.run_recurring", queue="default", autoretry_for=TRANSIENT, retry_backoff=True)

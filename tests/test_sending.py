@@ -1153,9 +1153,12 @@ def test_starting_from_the_admin_shows_a_dry_run_and_sends_only_when_confirmed(w
     c = campaign(template=world["template"], segment=world["segment"])
     done = campaign(template=world["template"], segment=world["segment"], name="Old", status="done")
     changelist = reverse("admin:campaigns_campaign_changelist")
-    page = admin_client.post(changelist, {"action": "start", "_selected_action": [c.pk, done.pk]})
-    assert page.status_code == 200
+    page = admin_client.post(
+        changelist, {"action": "start", "_selected_action": [c.pk, done.pk]}, follow=True
+    )
+    assert page.redirect_chain[0][0].startswith(reverse("admin:campaigns_campaign_start"))
     text = page.content.decode()
+    assert 'http-equiv="refresh"' not in text  # the task ran in the request (tasks are eager here)
     assert "Would be emailed" in text and "r0@example.com" in text and "Yes, start sending" in text
     assert "only a draft can be started" in text
     c.refresh_from_db()
@@ -1166,6 +1169,43 @@ def test_starting_from_the_admin_shows_a_dry_run_and_sends_only_when_confirmed(w
     assert response.status_code == 302
     c.refresh_from_db()
     assert c.status == Campaign.Status.SENDING and c.messages.filter(status="planned").count() == 6
+
+
+def test_the_start_page_shows_a_dry_run_in_progress_then_its_figures_or_its_error(
+    world, admin_client, monkeypatch
+):
+    from campaigns import dry_runs
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    token = dry_runs.dry_run_begin(campaign_id=c.pk)  # asked for, its task not run yet
+    url = f"{reverse('admin:campaigns_campaign_start')}?run={c.pk}:{token}"
+    text = admin_client.get(url).content.decode()
+    assert "Computing the dry run: waiting for a worker" in text and 'http-equiv="refresh"' in text
+    assert "Yes, start sending" not in text  # nothing to confirm yet
+    dry_runs.dry_run_compute(campaign_id=c.pk, token=token)
+    text = admin_client.get(url).content.decode()
+    assert "Would be emailed" in text and "Yes, start sending" in text and "refresh" not in text
+    assert f'name="_selected_action" value="{c.pk}"' in text
+    monkeypatch.setattr(dry_runs, "campaign_preview", lambda **kw: 1 / 0)
+    failing = dry_runs.dry_run_begin(campaign_id=c.pk)
+    dry_runs.dry_run_compute(campaign_id=c.pk, token=failing)
+    text = admin_client.get(
+        f"{reverse('admin:campaigns_campaign_start')}?run={c.pk}:{failing}"
+    ).content.decode()
+    assert "The dry run failed: ZeroDivisionError" in text and "Yes, start sending" not in text
+    text = admin_client.get(f"{reverse('admin:campaigns_campaign_start')}?run={c.pk}:gone").content.decode()
+    assert "no longer kept: choose Start again" in text and "Yes, start sending" not in text
+    steps = []
+    monkeypatch.undo()
+    from campaigns.planning import campaign_preview
+
+    campaign_preview(campaign=c, on_step=steps.append)
+    assert steps == [
+        "reading the audience",
+        "drawing the holdout",
+        "reading the frequency caps",
+        "scoring sample offers",
+    ]
 
 
 def test_each_message_is_recorded_sent_at_the_time_its_server_accepted_it(world, smtp):

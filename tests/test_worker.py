@@ -183,3 +183,29 @@ def _process_tree(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     children = [int(p) for p in out.split()]
     return [pid] + [q for child in children for q in _process_tree(child)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_admins_dry_run_is_computed_by_a_worker_while_its_page_shows_progress(admin_client):
+    from django.urls import reverse
+
+    world = shop(recipients=8, history=5)
+    c = campaign(template=world["template"], segment=world["segment"])
+    app.control.purge()
+    changelist = reverse("admin:campaigns_campaign_changelist")
+    response = admin_client.post(changelist, {"action": "start", "_selected_action": [c.pk]})
+    page = response["Location"]
+    assert "Computing the dry run" in admin_client.get(page).content.decode()  # no worker yet
+    with SMTPServer() as smtp:
+        worker = _worker(smtp.port)
+        try:
+            deadline = time.monotonic() + 60
+            while "Computing the dry run" in (text := admin_client.get(page).content.decode()):
+                assert time.monotonic() < deadline, "the dry run did not finish"
+                time.sleep(0.5)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    assert "Would be emailed" in text and "Yes, start sending" in text and "@example.com" in text
+    c.refresh_from_db()
+    assert c.status == "draft" and not c.messages.exists()  # a dry run only

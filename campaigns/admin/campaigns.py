@@ -21,6 +21,7 @@ from django_celery_beat.validators import crontab_validator
 from customers.admin_utils import EstimatedCountPaginator
 from customers.models import Customer, Product
 
+from ..dry_runs import DryRun, dry_run_begin, dry_run_read
 from ..lifecycle import (
     CampaignStateError,
     beat_crontab,
@@ -31,7 +32,6 @@ from ..lifecycle import (
     schedule_sync,
 )
 from ..models import Campaign, CampaignRun, EmailTemplate, FrequencyPolicy, Message, Offer
-from ..planning import campaign_preview
 from ..recommender import recommend_for_customers
 from ..rendering import (
     LAYOUT_DIR,
@@ -42,6 +42,7 @@ from ..rendering import (
     template_validate,
 )
 from ..sending import product_url
+from ..tasks import campaign_dry_run
 from .reports import CampaignReportMixin
 
 
@@ -449,45 +450,73 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
             except CampaignStateError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
 
+    def get_urls(self):
+        return [
+            path("start/", self.admin_site.admin_view(self.start_view), name="campaigns_campaign_start"),
+            *super().get_urls(),
+        ]
+
     @admin.action(description="Start or schedule sending (after a dry run)")
     def start(self, request, queryset):
-        """First a page with each campaign's dry run (who would be emailed, sample offers); sending starts
-        only from its confirmation."""
+        """First each draft's dry run, computed by a task while a page shows its progress (at a million
+        recipients it takes longer than a request may); sending starts only from that page's
+        confirmation."""
         if not request.user.has_perm("campaigns.send_campaign"):
             raise PermissionDenied
         if request.POST.get("confirm") == "yes":
             self._act(request, queryset, campaign_start, "started")
             return None
+        runs = []
+        for campaign in queryset.order_by("pk"):
+            token = ""
+            if campaign.status == Campaign.Status.DRAFT:
+                token = dry_run_begin(campaign_id=campaign.pk)
+                campaign_dry_run.delay(campaign_id=campaign.pk, token=token)
+            runs.append(f"{campaign.pk}:{token}")
+        return redirect(f"{reverse('admin:campaigns_campaign_start')}?{urlencode({'run': runs}, doseq=True)}")
+
+    def start_view(self, request):
+        """The dry runs the Start action asked for (?run=ID:TOKEN, one per campaign): progress while they
+        run (the page reloads itself), then their figures and the confirmation."""
+        if not request.user.has_perm("campaigns.send_campaign"):
+            raise PermissionDenied
         previews = []
-        for campaign in queryset:
+        for value in request.GET.getlist("run")[:100]:
+            pk, _, token = value.partition(":")
+            campaign = Campaign.objects.filter(pk=pk).first() if pk.isdigit() else None
+            if campaign is None:
+                continue
+            run = dry_run_read(campaign_id=campaign.pk, token=token) if token else None
             if campaign.status != Campaign.Status.DRAFT:
                 note = f"It is {campaign.get_status_display().lower()}: only a draft can be started."
-                previews.append((campaign, None, note))
-                continue
-            note = ""
-            if (
-                campaign.kind == Campaign.Kind.ONE_OFF
-                and campaign.send_at
-                and campaign.send_at > timezone.now()
-            ):
-                note = (
-                    f"Scheduled for {timezone.localtime(campaign.send_at):%Y-%m-%d %H:%M}; figures as of now."
-                )
-            elif campaign.kind == Campaign.Kind.RECURRING:
-                note = (
-                    f"Runs on the schedule {campaign.schedule_cron!r} ({campaign.schedule_timezone}); "
-                    "figures as of now."
-                )
-            previews.append((campaign, campaign_preview(campaign=campaign), note))
+                run = None
+            elif run is None:
+                note = "This dry run is no longer kept: choose Start again."
+            else:
+                note = self._start_note(campaign)
+            previews.append((campaign, run, note))
+        running = any(run and run.state == DryRun.RUNNING for _, run, _ in previews)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": "Start sending?",
             "previews": previews,
-            "startable": any(preview for _, preview, _ in previews),
+            "running": running,
+            "startable": not running and any(run and run.state == DryRun.DONE for _, run, _ in previews),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/campaigns/campaign/start_confirmation.html", context)
+
+    @staticmethod
+    def _start_note(campaign: Campaign) -> str:
+        if campaign.kind == Campaign.Kind.ONE_OFF and campaign.send_at and campaign.send_at > timezone.now():
+            return f"Scheduled for {timezone.localtime(campaign.send_at):%Y-%m-%d %H:%M}; figures as of now."
+        if campaign.kind == Campaign.Kind.RECURRING:
+            return (
+                f"Runs on the schedule {campaign.schedule_cron!r} ({campaign.schedule_timezone}); "
+                "figures as of now."
+            )
+        return ""
 
     @admin.action(description="Pause")
     def pause(self, request, queryset):
