@@ -9,6 +9,7 @@ run in the request and the cache is the process's own.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import secrets
 import time
@@ -30,12 +31,17 @@ class DryRun:
     step: str = ""  # what a running one is doing
     preview: CampaignPreview | None = None
     error: str = ""
+    finished: float | None = None  # time.time()
 
     RUNNING, DONE, FAILED = "running", "done", "failed"
 
     @property
     def seconds(self) -> int:
         return int(time.time() - self.started)
+
+    @property
+    def finished_at(self) -> dt.datetime | None:
+        return dt.datetime.fromtimestamp(self.finished, dt.UTC) if self.finished else None
 
 
 def _key(campaign_id: int, token: str) -> str:
@@ -73,6 +79,8 @@ def dry_run_compute(*, campaign_id: int, token: str) -> None:
     run = dry_run_read(campaign_id=campaign_id, token=token) or DryRun(
         state=DryRun.RUNNING, started=time.time()
     )
+    if run.state != DryRun.RUNNING:
+        return  # a second delivery of the task: the first one's figures stay
 
     def step(name: str) -> None:
         run.step = name
@@ -84,5 +92,5 @@ def dry_run_compute(*, campaign_id: int, token: str) -> None:
     except Exception as exc:  # noqa: BLE001 - shown on the page instead of a dry run that never ends
         log.exception("dry run of campaign %s failed", campaign_id)
         run.state, run.error = DryRun.FAILED, f"{type(exc).__name__}: {exc}"
-    run.step = ""
+    run.step, run.finished = "", time.time()
     _keep(campaign_id, token, run)

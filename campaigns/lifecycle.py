@@ -172,6 +172,10 @@ def campaign_resume(*, campaign: Campaign) -> None:
     from .tasks import dispatch
 
     _set_status(campaign, Campaign.Status.SENDING, (Campaign.Status.PAUSED,))  # first: it may refuse
+    # The time paused does not count towards giving up on messages the mail server could not take.
+    campaign.messages.filter(status=Message.Status.PLANNED, deferred_since__isnull=False).update(
+        deferred_since=timezone.now()
+    )
     if campaign.kind == Campaign.Kind.RECURRING and campaign.periodic_task_id:
         PeriodicTask.objects.filter(pk=campaign.periodic_task_id).update(enabled=True)
     transaction.on_commit(lambda: dispatch.delay(campaign_id=campaign.pk))

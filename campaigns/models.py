@@ -317,7 +317,11 @@ class Message(models.Model):
         default=0,
         help_text="Claims given back unsent: the mail server could not be reached, or time ran out.",
     )
-    deferred_since = models.DateTimeField(null=True, blank=True, help_text="First deferral.")
+    deferred_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Start of the current run of deferrals; cleared once the server is reached.",
+    )
     message_id = models.CharField(max_length=255, blank=True)
     error = models.TextField(blank=True)
     is_simulated = models.BooleanField(default=False)

@@ -58,7 +58,11 @@ def send_batch(*, campaign_id: int, message_ids: list[int]) -> dict:
     return counts
 
 
-@shared_task(name="campaigns.dry_run", queue="default")
+# Not acknowledged late: a dry run whose worker died is not worth redelivering (the page says it waits,
+# and Start asks for a new one); bounded like a batch, so a stuck one frees its worker.
+@shared_task(
+    name="campaigns.dry_run", queue="default", acks_late=False, time_limit=settings.SEND_STUCK_MINUTES * 60
+)
 def campaign_dry_run(*, campaign_id: int, token: str) -> None:
     """The dry run the admin shows before Start: at a million recipients, longer than a request may take."""
     dry_run_compute(campaign_id=campaign_id, token=token)

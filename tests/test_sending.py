@@ -474,7 +474,13 @@ def test_a_message_the_server_never_saw_is_deferred_not_failed_at_its_last_attem
     deliver._record(m, "deferred", f"{deliver.OUT_OF_TIME} (SEND_STUCK_MINUTES is 15)")
     m.refresh_from_db()
     assert (m.status, m.deferrals) == ("planned", 1) and m.deferred_since is not None
-    # Claimed again (one more attempt, of which one was a deferral), a real 4xx: attempt 5 of 5 fails.
+    # Claimed again: a 4xx at the 5th claim is the 4th real attempt, retried (the deferral was none).
+    Message.objects.filter(pk=m.pk).update(status="sending")
+    m.refresh_from_db()
+    deliver._record(m, "retry", "451 4.3.0 try again later")
+    m.refresh_from_db()
+    assert m.status == "planned" and m.deferred_since is None  # the server was reached: the run ended
+    # At the 6th claim, the 5th real attempt: a 4xx fails it.
     Message.objects.filter(pk=m.pk).update(status="sending", attempts=settings.SEND_MAX_ATTEMPTS + 1)
     m.refresh_from_db()
     deliver._record(m, "retry", "451 4.3.0 try again later")
@@ -494,6 +500,25 @@ def test_a_message_the_server_never_saw_is_deferred_not_failed_at_its_last_attem
         m.error
         == f"not sent for {settings.SEND_DEFER_HOURS} hours; last: cannot connect: ConnectionRefusedError"
     )
+
+
+def test_time_paused_does_not_count_towards_giving_up_on_deferred_messages(world, settings):
+    import datetime as dt
+
+    from campaigns.lifecycle import campaign_pause, campaign_resume
+    from campaigns.sending import deliver
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    m = Message.objects.filter(campaign=c, status="planned").first()
+    long_ago = timezone.now() - dt.timedelta(hours=settings.SEND_DEFER_HOURS + 24)
+    Message.objects.filter(pk=m.pk).update(deferrals=1, attempts=1, deferred_since=long_ago)
+    campaign_pause(campaign=c)  # deferred once, then paused for two days
+    campaign_resume(campaign=c)
+    Message.objects.filter(pk=m.pk).update(status="sending", attempts=2)
+    m.refresh_from_db()
+    deliver._record(m, "deferred", "cannot connect: ConnectionRefusedError")
+    assert Message.objects.get(pk=m.pk).status == "planned"
 
 
 def test_a_deferred_message_waits_about_as_long_as_it_has_waited_up_to_a_bound(world, settings):
@@ -541,6 +566,7 @@ def test_a_mail_server_down_for_longer_than_the_attempts_delays_the_campaign_wit
         _send_all(c)
         counts = server.recorder.count_by_recipient()
     assert sorted(counts.values()) == [1] * 6 == [1] * len(outcomes)
+    assert not Message.objects.filter(campaign=c, deferred_since__isnull=False).exists()  # the run ended
     assert {status for status, _ in _outcomes(c).values()} == {"sent"}
     assert set(Message.objects.filter(campaign=c, status="sent").values_list("deferrals", flat=True)) == {
         settings.SEND_MAX_ATTEMPTS + 2
@@ -1145,6 +1171,12 @@ def test_messages_a_failed_batch_did_not_send_are_planned_again_or_failed_after_
     first, last, skipped = (Message.objects.get(pk=m.pk) for m in (first, last, skipped))
     assert (first.status, last.status, skipped.status) == ("planned", "failed", "skipped")
     assert first.send_after is not None and "RuntimeError: boom" in first.error and "boom" in last.error
+    # Claimed as often, one of the claims a deferral: not the last real attempt yet.
+    Message.objects.filter(pk=last.pk).update(
+        status="sending", attempts=settings.SEND_MAX_ATTEMPTS, deferrals=1, error=""
+    )
+    _release(list(Message.objects.filter(pk=last.pk)), RuntimeError("boom"))
+    assert Message.objects.get(pk=last.pk).status == "planned"
 
 
 def test_starting_from_the_admin_shows_a_dry_run_and_sends_only_when_confirmed(world, admin_client):
@@ -1153,12 +1185,10 @@ def test_starting_from_the_admin_shows_a_dry_run_and_sends_only_when_confirmed(w
     c = campaign(template=world["template"], segment=world["segment"])
     done = campaign(template=world["template"], segment=world["segment"], name="Old", status="done")
     changelist = reverse("admin:campaigns_campaign_changelist")
-    page = admin_client.post(
-        changelist, {"action": "start", "_selected_action": [c.pk, done.pk]}, follow=True
-    )
-    assert page.redirect_chain[0][0].startswith(reverse("admin:campaigns_campaign_start"))
+    page = admin_client.post(changelist, {"action": "start", "_selected_action": [c.pk, done.pk]})
+    assert page.status_code == 200
     text = page.content.decode()
-    assert 'http-equiv="refresh"' not in text  # the task ran in the request (tasks are eager here)
+    assert 'http-equiv="refresh"' not in text and "Computed at" in text  # the task ran in the request
     assert "Would be emailed" in text and "r0@example.com" in text and "Yes, start sending" in text
     assert "only a draft can be started" in text
     c.refresh_from_db()
@@ -1186,6 +1216,9 @@ def test_the_start_page_shows_a_dry_run_in_progress_then_its_figures_or_its_erro
     text = admin_client.get(url).content.decode()
     assert "Would be emailed" in text and "Yes, start sending" in text and "refresh" not in text
     assert f'name="_selected_action" value="{c.pk}"' in text
+    dry_runs.dry_run_compute(campaign_id=c.pk, token=token)  # delivered twice: the figures stay
+    assert "Computed at" in admin_client.get(url).content.decode()
+    assert admin_client.get(f"{reverse('admin:campaigns_campaign_start')}?run=²:x").status_code == 200
     monkeypatch.setattr(dry_runs, "campaign_preview", lambda **kw: 1 / 0)
     failing = dry_runs.dry_run_begin(campaign_id=c.pk)
     dry_runs.dry_run_compute(campaign_id=c.pk, token=failing)
@@ -1194,9 +1227,17 @@ def test_the_start_page_shows_a_dry_run_in_progress_then_its_figures_or_its_erro
     ).content.decode()
     assert "The dry run failed: ZeroDivisionError" in text and "Yes, start sending" not in text
     text = admin_client.get(f"{reverse('admin:campaigns_campaign_start')}?run={c.pk}:gone").content.decode()
-    assert "no longer kept: choose Start again" in text and "Yes, start sending" not in text
-    steps = []
+    assert (
+        "no longer kept (or cannot be read): choose Start again" in text and "Yes, start sending" not in text
+    )
     monkeypatch.undo()
+    # The cache is down when Start is chosen: said so, nothing started.
+    monkeypatch.setattr(dry_runs.cache, "set", lambda *a, **kw: 1 / 0)
+    changelist = reverse("admin:campaigns_campaign_changelist")
+    page = admin_client.post(changelist, {"action": "start", "_selected_action": [c.pk]}, follow=True)
+    assert "The dry run could not be started (ZeroDivisionError" in page.content.decode()
+    monkeypatch.undo()
+    steps = []
     from campaigns.planning import campaign_preview
 
     campaign_preview(campaign=c, on_step=steps.append)

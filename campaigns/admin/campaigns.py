@@ -1,5 +1,6 @@
 """Admin for templates, campaigns, frequency policies and messages."""
 
+import logging
 from urllib.parse import urlencode
 
 from celery.schedules import ParseException
@@ -44,6 +45,8 @@ from ..rendering import (
 from ..sending import product_url
 from ..tasks import campaign_dry_run
 from .reports import CampaignReportMixin
+
+log = logging.getLogger(__name__)
 
 
 def _layouts() -> list[tuple[str, str]]:
@@ -413,14 +416,16 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
         text = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none yet"
         if counts.get(Message.Status.PLANNED):
             # Planned again because the mail server could not take them: say so, or it looks stuck.
-            waiting = obj.messages.filter(status=Message.Status.PLANNED, deferrals__gt=0)
+            # deferred_since is cleared once the server is reached: these are in a run of deferrals.
+            waiting = obj.messages.filter(status=Message.Status.PLANNED, deferred_since__isnull=False)
             deferred = waiting.aggregate(n=Count("pk"), since=Min("deferred_since"), next=Min("send_after"))
             if deferred["n"]:
                 error = waiting.order_by("-claimed_at").values_list("error", flat=True).first()
                 text += (
                     f". {deferred['n']} deferred since "
                     f"{timezone.localtime(deferred['since']):%Y-%m-%d %H:%M}, next try "
-                    f"{timezone.localtime(deferred['next'] or deferred['since']):%H:%M} ({error}); they fail after "
+                    f"{timezone.localtime(deferred['next'] or deferred['since']):%Y-%m-%d %H:%M} ({error}); "
+                    "they fail after "
                     f"{settings.SEND_DEFER_HOURS} hours"
                 )
         return text
@@ -467,31 +472,48 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
             self._act(request, queryset, campaign_start, "started")
             return None
         runs = []
-        for campaign in queryset.order_by("pk"):
-            token = ""
-            if campaign.status == Campaign.Status.DRAFT:
-                token = dry_run_begin(campaign_id=campaign.pk)
-                campaign_dry_run.delay(campaign_id=campaign.pk, token=token)
-            runs.append(f"{campaign.pk}:{token}")
-        return redirect(f"{reverse('admin:campaigns_campaign_start')}?{urlencode({'run': runs}, doseq=True)}")
+        try:
+            for campaign in queryset.order_by("pk"):
+                token = ""
+                if campaign.status == Campaign.Status.DRAFT:
+                    token = dry_run_begin(campaign_id=campaign.pk)
+                    campaign_dry_run.delay(campaign_id=campaign.pk, token=token)
+                runs.append(f"{campaign.pk}:{token}")
+        except Exception as exc:  # noqa: BLE001 - the cache or the broker is down: nothing was started
+            log.exception("the dry run could not be asked for")
+            self.message_user(
+                request, f"The dry run could not be started ({type(exc).__name__}: {exc}).", messages.ERROR
+            )
+            return None
+        # Shown from here, not after a redirect: where tasks run in the request, the cache is this
+        # process's own, and the next request may reach another one. While one runs, the page reloads
+        # itself from start_view.
+        return self._start_page(request, runs)
 
     def start_view(self, request):
         """The dry runs the Start action asked for (?run=ID:TOKEN, one per campaign): progress while they
         run (the page reloads itself), then their figures and the confirmation."""
         if not request.user.has_perm("campaigns.send_campaign"):
             raise PermissionDenied
+        return self._start_page(request, request.GET.getlist("run")[:100])
+
+    def _start_page(self, request, runs: list[str]):
         previews = []
-        for value in request.GET.getlist("run")[:100]:
+        for value in runs:
             pk, _, token = value.partition(":")
-            campaign = Campaign.objects.filter(pk=pk).first() if pk.isdigit() else None
+            campaign = Campaign.objects.filter(pk=pk).first() if pk.isascii() and pk.isdigit() else None
             if campaign is None:
                 continue
-            run = dry_run_read(campaign_id=campaign.pk, token=token) if token else None
+            try:
+                run = dry_run_read(campaign_id=campaign.pk, token=token) if token else None
+            except Exception:  # noqa: BLE001 - the cache is down: said so below
+                log.exception("the dry run of campaign %s could not be read", campaign.pk)
+                run = None
             if campaign.status != Campaign.Status.DRAFT:
                 note = f"It is {campaign.get_status_display().lower()}: only a draft can be started."
                 run = None
             elif run is None:
-                note = "This dry run is no longer kept: choose Start again."
+                note = "This dry run is no longer kept (or cannot be read): choose Start again."
             else:
                 note = self._start_note(campaign)
             previews.append((campaign, run, note))
@@ -502,6 +524,7 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
             "title": "Start sending?",
             "previews": previews,
             "running": running,
+            "status_url": f"{reverse('admin:campaigns_campaign_start')}?{urlencode({'run': runs}, doseq=True)}",
             "startable": not running and any(run and run.state == DryRun.DONE for _, run, _ in previews),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
@@ -554,7 +577,7 @@ class OfferInline(admin.TabularInline):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ("id", "campaign", "customer", "status", "skip_reason", "sent_at", "attempts")
+    list_display = ("id", "campaign", "customer", "status", "skip_reason", "sent_at", "attempts", "deferrals")
     list_filter = ("status", "skip_reason", "campaign")
     list_select_related = ("campaign", "customer")
     search_fields = ("=customer__external_id", "customer__email", "=token")

@@ -109,7 +109,8 @@ def deferral_fields(message: Message, now: dt.datetime) -> dict:
     """The status of a message given back before the server saw it: planned again after about as long
     as it has been deferred so far (doubling from SEND_RETRY_BASE_SECONDS, at most
     SEND_DEFER_MAX_SECONDS, with jitter), without counting an attempt; failed once SEND_DEFER_HOURS have
-    passed since its first deferral. An outage of the mail server delays a campaign, not fails it."""
+    passed since the first of its current run of deferrals (reaching the server, or resuming a paused
+    campaign, ends a run). An outage of the mail server delays a campaign, not fails it."""
     since = message.deferred_since or now
     waited = (now - since).total_seconds()
     fields = {"deferrals": F("deferrals") + 1, "deferred_since": since}
@@ -134,7 +135,8 @@ def _record_sent(sent: list[tuple[int, dt.datetime]]) -> None:
         ids, times = (list(column) for column in zip(*sent, strict=True))
         with connection.cursor() as cursor:
             cursor.execute(
-                """UPDATE campaigns_message m SET status = %s, sent_at = v.t, message_id = '<' || m.token || %s
+                """UPDATE campaigns_message m SET status = %s, sent_at = v.t, message_id = '<' || m.token || %s,
+                       deferred_since = NULL
                    FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, t)
                    WHERE m.id = v.id AND m.status = %s""",
                 [Message.Status.SENT, domain, ids, times, Message.Status.SENDING],
@@ -144,6 +146,7 @@ def _record_sent(sent: list[tuple[int, dt.datetime]]) -> None:
             status=Message.Status.SENT,
             sent_at=Case(*(When(pk=pk, then=Value(when)) for pk, when in sent), output_field=DateTimeField()),
             message_id=Concat(Value("<"), F("token"), Value(domain)),
+            deferred_since=None,
         )
     sent.clear()
 
@@ -153,7 +156,8 @@ OUT_OF_TIME = "not sent: the batch ran out of time"
 
 def _record(message: Message, outcome: str, error: str = "", hard_bounce: bool = False) -> None:
     now = timezone.now()
-    fields: dict = {"error": error[:2000]}
+    # The server was reached (any outcome but a deferral): a run of deferrals, if any, has ended.
+    fields: dict = {"error": error[:2000], "deferred_since": None}
     if outcome == _Outcome.DEFERRED:
         fields.update(deferral_fields(message, now))
         if fields["status"] == Message.Status.FAILED:
