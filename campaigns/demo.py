@@ -92,7 +92,9 @@ def demo_send_backdate(*, campaign: Campaign, by: dt.timedelta = DEMO_BACKDATE) 
     messages = Message.objects.filter(campaign=campaign)
     orders = Order.objects.filter(pk__in=messages.exclude(trigger_order=None).values("trigger_order_id"))
     customers = sorted(set(orders.values_list("customer_id", flat=True)))
+    placed = dict(orders.values_list("pk", "placed_at"))
     orders.update(placed_at=F("placed_at") - by)
+    _reasons_backdate(campaign, placed, by)
     for name in ("created_at", "claimed_at", "sent_at", "send_after", "delivered_at"):
         messages.filter(**{f"{name}__isnull": False}).update(**{name: F(name) - by})
     Offer.objects.filter(message__campaign=campaign).update(created_at=F("created_at") - by)
@@ -101,6 +103,27 @@ def demo_send_backdate(*, campaign: Campaign, by: dt.timedelta = DEMO_BACKDATE) 
     for name in ("created_at", "started_at", "finished_at"):
         Campaign.objects.filter(pk=campaign.pk, **{f"{name}__isnull": False}).update(**{name: F(name) - by})
     customer_stats_refresh(customer_ids=customers)
+
+
+def _reasons_backdate(campaign: Campaign, placed: dict[int, dt.datetime], by: dt.timedelta) -> None:
+    """An offer's reason names the day of the purchase it follows ("the phone you bought on 3 May", as
+    the recommender writes it: the year only when it is not this one): the trigger order's day moves
+    with the order."""
+
+    def day(when: dt.datetime) -> str:
+        d = when.astimezone(dt.UTC)
+        return f"{d.day} {d:%B}" if d.year == timezone.now().year else f"{d.day} {d:%B %Y}"
+
+    offers = list(
+        Offer.objects.filter(message__campaign=campaign, message__trigger_order__isnull=False).select_related(
+            "message"
+        )
+    )
+    for offer in offers:
+        when = placed.get(offer.message.trigger_order_id)
+        if when is not None:
+            offer.reason = offer.reason.replace(f" on {day(when)}", f" on {day(when - by)}")
+    Offer.objects.bulk_update(offers, ["reason"], batch_size=1000)
 
 
 @transaction.atomic

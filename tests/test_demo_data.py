@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 from django.core.management import CommandError, call_command
 
+from campaigns.demo import DEMO_BACKDATE
+from campaigns.models import Offer
 from customers.demo_data import DemoDataRefused, demo_shop_generate, demo_window
 from customers.importing import customer_stats_refresh
 from customers.models import Customer, Order, OrderLine, Product
@@ -255,6 +257,17 @@ def test_the_demo_setup_dates_nothing_in_the_future(capsys):
     assert all(t <= now for t in latest), latest
     for message in sent.exclude(trigger_order=None).select_related("trigger_order")[:50]:
         assert message.trigger_order.placed_at <= message.sent_at  # sent after the order that asked for it
+    # Offers' reasons name the day of the order they follow: the day it has now, not before the move.
+    named, stale = 0, []
+    for offer in Offer.objects.filter(message__in=sent.exclude(trigger_order=None)).select_related(
+        "message__trigger_order"
+    ):
+        placed = offer.message.trigger_order.placed_at.astimezone(dt.UTC)
+        before = placed + DEMO_BACKDATE
+        named += f" on {placed.day} {placed:%B}" in offer.reason
+        if f" on {before.day} {before:%B}" in offer.reason:
+            stale.append(offer.reason)
+    assert named > 0 and not stale, stale[:3]
     from campaigns.reports.queries import window_orders
 
     # Simulated orders of more than one product now and then: the demo's cross-sell ratio is not 0.
