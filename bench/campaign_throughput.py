@@ -1,7 +1,7 @@
 """Campaign throughput: the whole pipeline over SMTP, beside the SMTP limit and django-post-office.
 
     .venv/bin/python bench/campaign_throughput.py [--recipients 100000] [--workers 1] [--skip-postoffice]
-        [--stored-offers] [--skip-locmem] [--memory-only]
+        [--stored-offers] [--skip-locmem] [--memory-only [--stages]]
         [--database xsell_bench_send] [--postoffice-database xsell_bench_postoffice] [--profile]
 
 Needs a prepared shop database (a copy of a generate_demo_data shop, migrated, with an active model):
@@ -201,9 +201,48 @@ def campaign_plan_timed(*, campaign) -> tuple[list[list[int]], float]:
 # ------------------------------------------------------------------------------------------- workers
 
 
-def worker_send(*, database_url, email_url, email_backend, batches, barrier, results, profile) -> None:
+def stages_timed() -> dict[str, float]:
+    """Wrap the steps of messages_send with timers: wall seconds per step, summed over the run. The store
+    stage runs in its own thread beside the caller's steps; its lines are indented under it."""
+    import campaigns.sending as sending
+    from campaigns.sending import deliver, store
+
+    seconds: dict[str, float] = {}
+
+    def timed(owner, name: str, key: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - started
+
+        setattr(owner, name, wrapper)
+
+    for owner, name, key in (
+        (sending, "messages_claim", "claim"),
+        (sending, "offers_pick", "offers picked"),
+        (sending, "messages_build", "emails built (render, CSS, headers)"),
+        (store.Store, "put", "waiting to hand a chunk to the store stage"),
+        (store.Store, "__exit__", "end of batch: waiting for the store stage"),
+        (deliver.Courier, "__exit__", "end of batch: waiting for the courier"),
+        (store.Store, "_store", "store stage (its own thread)"),
+        (store, "offers_save", "    offers written"),
+        (store, "links_store", "    links written"),
+        (deliver.Courier, "send", "    handed to the courier, outcomes recorded"),
+    ):
+        timed(owner, name, key)
+    return seconds
+
+
+def worker_send(
+    *, database_url, email_url, email_backend, batches, barrier, results, profile, stages=False
+) -> None:
     """One worker process: set up, warm up, wait for the start, send its batches."""
     django_setup(database_url=database_url, email_url=email_url, email_backend=email_backend)
+    timings = stages_timed() if stages else {}
     from django.core import mail
 
     from campaigns.recommender import recommend_for_customers
@@ -245,7 +284,16 @@ def worker_send(*, database_url, email_url, email_backend, batches, barrier, res
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(15)
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
         profile_text = out.getvalue()
-    results.put({"totals": totals, "seconds": seconds, "cpu": cpu, "sample": sample, "profile": profile_text})
+    results.put(
+        {
+            "totals": totals,
+            "seconds": seconds,
+            "cpu": cpu,
+            "sample": sample,
+            "profile": profile_text,
+            "stages": timings,
+        }
+    )
 
 
 def email_parts(data: bytes) -> dict:
@@ -273,7 +321,9 @@ def email_parts(data: bytes) -> dict:
     }
 
 
-def pipeline_run(*, database_url, email_url, email_backend, batches, workers, profile=False) -> dict:
+def pipeline_run(
+    *, database_url, email_url, email_backend, batches, workers, profile=False, stages=False
+) -> dict:
     ctx = get_context("spawn")
     barrier = ctx.Barrier(workers + 1)
     results = ctx.Queue()
@@ -288,6 +338,7 @@ def pipeline_run(*, database_url, email_url, email_backend, batches, workers, pr
                 "barrier": barrier,
                 "results": results,
                 "profile": profile,
+                "stages": stages,
             },
         )
         for i in range(workers)
@@ -316,6 +367,7 @@ def pipeline_run(*, database_url, email_url, email_backend, batches, workers, pr
         "totals": totals,
         "sample": next((o["sample"] for o in outs if o["sample"]), None),
         "profile": "\n".join(o["profile"] for o in outs if o["profile"]),
+        "stages": outs[0]["stages"],
     }
 
 
@@ -444,6 +496,11 @@ def main() -> None:
     parser.add_argument(
         "--memory-only", action="store_true", help="only the in-memory pipeline (the per-process target)"
     )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="with --memory-only: wall time per step of a batch, in µs per email sent (timers add a little)",
+    )
     args = parser.parse_args()
     n = args.recipients
     if args.batch_size:
@@ -521,6 +578,7 @@ def main() -> None:
                 email_backend=email_backend,
                 workers=1,
                 profile=args.profile,
+                stages=args.stages,
             )
             done(row, out["totals"].get("sent", 0), out["seconds"])
             row["note"] = (
@@ -531,6 +589,8 @@ def main() -> None:
             if args.profile:
                 print(out["profile"])
                 return
+            for name, seconds in out["stages"].items():
+                print(f"  {name:<48} {seconds / max(row['emails'], 1) * 1e6:6.0f} µs per email")
             if args.memory_only:
                 return
             sample = sample or out["sample"]
