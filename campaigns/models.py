@@ -304,12 +304,17 @@ class Message(models.Model):
     # Unique by a Meta constraint: unique=True would add a LIKE index on PostgreSQL, which a token never needs.
     token = models.CharField(max_length=32, default=new_token)
     send_after = models.DateTimeField(
-        null=True, blank=True, help_text="Held until then (delay or quiet hours)."
+        null=True,
+        blank=True,
+        help_text="Held until then (delay, quiet hours, or the next try after a 4xx or a deferral).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True, db_index=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Times claimed for sending, deferrals included: attempts minus deferrals were tries.",
+    )
     # A claim given back before the server saw the message (it could not be reached, or the batch ran
     # out of time) is a deferral: it counts towards SEND_DEFER_HOURS, not towards SEND_MAX_ATTEMPTS, so a
     # mail server down for an hour does not fail a whole campaign.

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import math
+import re
 import statistics
 from decimal import Decimal
 
@@ -359,9 +360,12 @@ def test_send_action_is_logged(admin_client, settings):
         name="Later", template=_template(), send_at=dt.datetime.now(dt.UTC) + 3 * DAY
     )
     url = reverse("admin:campaigns_campaign_changelist")
-    admin_client.post(url, {"action": "start", "_selected_action": [campaign.pk]})  # the dry run
+    page = admin_client.post(url, {"action": "start", "_selected_action": [campaign.pk]})  # the dry run
     assert not LogEntry.objects.filter(object_id=str(campaign.pk)).exists()
-    admin_client.post(url, {"action": "start", "_selected_action": [campaign.pk], "confirm": "yes"})
+    run = re.search(r'name="run" value="([^"]+)"', page.content.decode()).group(1)
+    admin_client.post(
+        url, {"action": "start", "_selected_action": [campaign.pk], "confirm": "yes", "run": run}
+    )
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.SCHEDULED
     entry = LogEntry.objects.get(object_id=str(campaign.pk))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
@@ -560,7 +562,8 @@ def test_a_mail_server_down_for_longer_than_the_attempts_delays_the_campaign_wit
     assert {status for status, _ in outcomes.values()} == {"planned"}
     assert all("cannot connect" in error for _, error in outcomes.values())
     page = admin_client.get(reverse("admin:campaigns_campaign_change", args=[c.pk])).content.decode()
-    assert ". 6 deferred since" in page and "(cannot connect: ConnectionRefusedError" in page
+    assert ". 6 waiting because the mail server could not take them, since" in page
+    assert "Last error: cannot connect: ConnectionRefusedError" in page
     with SMTPServer() as server:
         settings.EMAIL_PORT = server.port
         _send_all(c)
@@ -1191,11 +1194,17 @@ def test_starting_from_the_admin_shows_a_dry_run_and_sends_only_when_confirmed(w
     assert 'http-equiv="refresh"' not in text and "Computed at" in text  # the task ran in the request
     assert "Would be emailed" in text and "r0@example.com" in text and "Yes, start sending" in text
     assert "only a draft can be started" in text
+    assert f"Starts: <strong>{c.name}</strong>." in text
     c.refresh_from_db()
     assert c.status == Campaign.Status.DRAFT and not c.messages.exists()  # a dry run only
-    response = admin_client.post(
-        changelist, {"action": "start", "_selected_action": [c.pk], "confirm": "yes"}
-    )
+    confirm = {"action": "start", "_selected_action": [c.pk], "confirm": "yes"}
+    # A confirmation that carries no finished dry run (forged, or the run expired) starts nothing.
+    refused = admin_client.post(changelist, {**confirm, "run": f"{c.pk}:made-up"}, follow=True)
+    assert "not started, its dry run is not finished" in refused.content.decode()
+    c.refresh_from_db()
+    assert c.status == Campaign.Status.DRAFT
+    run = re.search(r'name="run" value="([^"]+)"', text).group(1)
+    response = admin_client.post(changelist, {**confirm, "run": run})
     assert response.status_code == 302
     c.refresh_from_db()
     assert c.status == Campaign.Status.SENDING and c.messages.filter(status="planned").count() == 6
@@ -1218,7 +1227,9 @@ def test_the_start_page_shows_a_dry_run_in_progress_then_its_figures_or_its_erro
     assert f'name="_selected_action" value="{c.pk}"' in text
     dry_runs.dry_run_compute(campaign_id=c.pk, token=token)  # delivered twice: the figures stay
     assert "Computed at" in admin_client.get(url).content.decode()
-    assert admin_client.get(f"{reverse('admin:campaigns_campaign_start')}?run=²:x").status_code == 200
+    start = reverse("admin:campaigns_campaign_start")
+    assert "Nothing to start here" in admin_client.get(f"{start}?run=²:x").content.decode()
+    assert admin_client.get(f"{url}&run={c.pk}:{token}").content.decode().count("<h2>") == 1  # once
     monkeypatch.setattr(dry_runs, "campaign_preview", lambda **kw: 1 / 0)
     failing = dry_runs.dry_run_begin(campaign_id=c.pk)
     dry_runs.dry_run_compute(campaign_id=c.pk, token=failing)
@@ -1228,7 +1239,7 @@ def test_the_start_page_shows_a_dry_run_in_progress_then_its_figures_or_its_erro
     assert "The dry run failed: ZeroDivisionError" in text and "Yes, start sending" not in text
     text = admin_client.get(f"{reverse('admin:campaigns_campaign_start')}?run={c.pk}:gone").content.decode()
     assert (
-        "no longer kept (or cannot be read): choose Start again" in text and "Yes, start sending" not in text
+        "no longer kept (or cannot be read): select the campaign" in text and "Yes, start sending" not in text
     )
     monkeypatch.undo()
     # The cache is down when Start is chosen: said so, nothing started.

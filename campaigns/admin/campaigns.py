@@ -1,5 +1,6 @@
 """Admin for templates, campaigns, frequency policies and messages."""
 
+import datetime as dt
 import logging
 from urllib.parse import urlencode
 
@@ -47,6 +48,11 @@ from ..tasks import campaign_dry_run
 from .reports import CampaignReportMixin
 
 log = logging.getLogger(__name__)
+
+
+def _when(moment) -> str:
+    """A moment for a marketer: local date, time and time zone."""
+    return f"{timezone.localtime(moment):%Y-%m-%d %H:%M %Z}"
 
 
 def _layouts() -> list[tuple[str, str]]:
@@ -421,12 +427,13 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
             deferred = waiting.aggregate(n=Count("pk"), since=Min("deferred_since"), next=Min("send_after"))
             if deferred["n"]:
                 error = waiting.order_by("-claimed_at").values_list("error", flat=True).first()
+                since, next_try = deferred["since"], max(deferred["next"] or timezone.now(), timezone.now())
+                give_up = since + dt.timedelta(hours=settings.SEND_DEFER_HOURS)
                 text += (
-                    f". {deferred['n']} deferred since "
-                    f"{timezone.localtime(deferred['since']):%Y-%m-%d %H:%M}, next try "
-                    f"{timezone.localtime(deferred['next'] or deferred['since']):%Y-%m-%d %H:%M} ({error}); "
-                    "they fail after "
-                    f"{settings.SEND_DEFER_HOURS} hours"
+                    f". {deferred['n']} waiting because the mail server could not take them, since "
+                    f"{_when(since)}; next try from {_when(next_try)}; if it still cannot, the first of them "
+                    f"fail at {_when(give_up)} ({settings.SEND_DEFER_HOURS} hours of waiting). "
+                    f"Last error: {error}"
                 )
         return text
 
@@ -469,7 +476,12 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
         if not request.user.has_perm("campaigns.send_campaign"):
             raise PermissionDenied
         if request.POST.get("confirm") == "yes":
-            self._act(request, queryset, campaign_start, "started")
+            self._act(
+                request,
+                queryset.filter(pk__in=self._dry_run_done(request, queryset)),
+                campaign_start,
+                "started",
+            )
             return None
         runs = []
         try:
@@ -490,6 +502,29 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
         # itself from start_view.
         return self._start_page(request, runs)
 
+    def _dry_run_done(self, request, queryset) -> list[int]:
+        """The campaigns whose finished dry run the confirmation carries (run=ID:TOKEN): only those start,
+        so a campaign is never started without its figures having been shown."""
+        tokens = dict(value.partition(":")[::2] for value in request.POST.getlist("run")[:100])
+        done = []
+        for campaign in queryset:
+            token = tokens.get(str(campaign.pk), "")
+            try:
+                run = dry_run_read(campaign_id=campaign.pk, token=token) if token else None
+            except Exception:  # noqa: BLE001 - the cache is down: not started, said so below
+                log.exception("the dry run of campaign %s could not be read", campaign.pk)
+                run = None
+            if run is not None and run.state == DryRun.DONE:
+                done.append(campaign.pk)
+            else:
+                self.message_user(
+                    request,
+                    f"{campaign.name}: not started, its dry run is not finished or no longer kept. "
+                    "Select it and choose Start again.",
+                    messages.ERROR,
+                )
+        return done
+
     def start_view(self, request):
         """The dry runs the Start action asked for (?run=ID:TOKEN, one per campaign): progress while they
         run (the page reloads itself), then their figures and the confirmation."""
@@ -498,12 +533,13 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
         return self._start_page(request, request.GET.getlist("run")[:100])
 
     def _start_page(self, request, runs: list[str]):
-        previews = []
+        previews, seen = [], set()
         for value in runs:
             pk, _, token = value.partition(":")
             campaign = Campaign.objects.filter(pk=pk).first() if pk.isascii() and pk.isdigit() else None
-            if campaign is None:
+            if campaign is None or campaign.pk in seen:
                 continue
+            seen.add(campaign.pk)
             try:
                 run = dry_run_read(campaign_id=campaign.pk, token=token) if token else None
             except Exception:  # noqa: BLE001 - the cache is down: said so below
@@ -513,11 +549,11 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
                 note = f"It is {campaign.get_status_display().lower()}: only a draft can be started."
                 run = None
             elif run is None:
-                note = "This dry run is no longer kept (or cannot be read): choose Start again."
+                note = "This dry run is no longer kept (or cannot be read): select the campaign in the list and choose Start again."
             else:
                 note = self._start_note(campaign)
-            previews.append((campaign, run, note))
-        running = any(run and run.state == DryRun.RUNNING for _, run, _ in previews)
+            previews.append((campaign, run, note, f"{campaign.pk}:{token}"))
+        running = any(run and run.state == DryRun.RUNNING for _, run, _, _ in previews)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -525,7 +561,9 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
             "previews": previews,
             "running": running,
             "status_url": f"{reverse('admin:campaigns_campaign_start')}?{urlencode({'run': runs}, doseq=True)}",
-            "startable": not running and any(run and run.state == DryRun.DONE for _, run, _ in previews),
+            "startable": []
+            if running
+            else [c for c, run, _, _ in previews if run and run.state == DryRun.DONE],
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/campaigns/campaign/start_confirmation.html", context)

@@ -45,6 +45,23 @@ class Migration(migrations.Migration):
             name="deferred_since",
             field=models.DateTimeField(blank=True, help_text="Start of the current run of deferrals; cleared once the server is reached.", null=True),
         ),
+        migrations.AlterField(
+            model_name="message",
+            name="attempts",
+            field=models.PositiveSmallIntegerField(
+                default=0,
+                help_text="Times claimed for sending, deferrals included: attempts minus deferrals were tries.",
+            ),
+        ),
+        migrations.AlterField(
+            model_name="message",
+            name="send_after",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="Held until then (delay, quiet hours, or the next try after a 4xx or a deferral).",
+                null=True,
+            ),
+        ),
         migrations.SeparateDatabaseAndState(
             state_operations=[migrations.AddConstraint(model_name="message", constraint=CONSTRAINT)],
             database_operations=[migrations.RunPython(constraint_add, constraint_remove, atomic=False)],
