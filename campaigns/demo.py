@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 
 from django.db import transaction
 from django.db.models import F
@@ -106,24 +107,36 @@ def demo_send_backdate(*, campaign: Campaign, by: dt.timedelta = DEMO_BACKDATE) 
 
 
 def _reasons_backdate(campaign: Campaign, placed: dict[int, dt.datetime], by: dt.timedelta) -> None:
-    """An offer's reason names the day of the purchase it follows ("the phone you bought on 3 May", as
-    the recommender writes it: the year only when it is not this one): the trigger order's day moves
-    with the order."""
+    """An offer's reason names the day of a purchase of its customer's ("the phone you bought on
+    3 May", as the recommender writes it: the year only when it is not this one). Orders moved with the
+    send (placed: their days before) move in the reasons too, each day once; a day on which one of the
+    customer's orders did not move stays as written."""
 
     def day(when: dt.datetime) -> str:
         d = when.astimezone(dt.UTC)
         return f"{d.day} {d:%B}" if d.year == timezone.now().year else f"{d.day} {d:%B %Y}"
 
-    offers = list(
-        Offer.objects.filter(message__campaign=campaign, message__trigger_order__isnull=False).select_related(
-            "message"
-        )
+    moved: dict[int, dict[str, str]] = {}
+    for customer, pk in Order.objects.filter(pk__in=placed).values_list("customer_id", "pk"):
+        moved.setdefault(customer, {})[day(placed[pk])] = day(placed[pk] - by)
+    kept = (
+        Order.objects.filter(customer_id__in=moved)
+        .exclude(pk__in=placed)
+        .values_list("customer_id", "placed_at")
     )
+    for customer, when in kept:
+        moved[customer].pop(day(when), None)
+    offers = list(Offer.objects.filter(message__campaign=campaign).select_related("message"))
     for offer in offers:
-        when = placed.get(offer.message.trigger_order_id)
-        if when is not None:
-            offer.reason = offer.reason.replace(f" on {day(when)}", f" on {day(when - by)}")
+        days = moved.get(offer.message.customer_id)
+        if days:  # one pass: a day moved onto another moved day is not moved twice
+            offer.reason = _DAY.sub(
+                lambda m, days=days: f" on {days.get(m.group(1), m.group(1))}", offer.reason
+            )
     Offer.objects.bulk_update(offers, ["reason"], batch_size=1000)
+
+
+_DAY = re.compile(r" on (\d{1,2} [A-Z][a-z]+(?: \d{4})?)")
 
 
 @transaction.atomic

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import logging
 import secrets
 import time
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 from django.core.cache import cache
 
+from .caps import policy_default
 from .models import Campaign
 from .planning import CampaignPreview, campaign_preview
 
@@ -32,6 +35,7 @@ class DryRun:
     preview: CampaignPreview | None = None
     error: str = ""
     finished: float | None = None  # time.time()
+    fingerprint: str = ""  # campaign_fingerprint() of the campaign the figures are for
 
     RUNNING, DONE, FAILED = "running", "done", "failed"
 
@@ -42,6 +46,25 @@ class DryRun:
     @property
     def finished_at(self) -> dt.datetime | None:
         return dt.datetime.fromtimestamp(self.finished, dt.UTC) if self.finished else None
+
+
+# Not what the figures depend on: where the campaign is in its life, and who made it.
+_NOT_SETTINGS = {"status", "periodic_task", "created_by", "created_at", "started_at", "finished_at"}
+
+
+def campaign_fingerprint(campaign: Campaign) -> str:
+    """A digest of what a dry run's figures depend on: the campaign's settings, its segment's rules and
+    its frequency policy. Starting refuses a dry run of settings that have changed since."""
+    settings = {
+        f.name: f.value_from_object(campaign)
+        for f in Campaign._meta.concrete_fields
+        if f.name not in _NOT_SETTINGS
+    }
+    segment = campaign.segment.rules if campaign.segment is not None else None
+    policy = campaign.frequency_policy or policy_default()
+    limits = {f.name: f.value_from_object(policy) for f in type(policy)._meta.concrete_fields}
+    text = json.dumps([settings, segment, limits], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _key(campaign_id: int, token: str) -> str:
@@ -87,7 +110,9 @@ def dry_run_compute(*, campaign_id: int, token: str) -> None:
         _keep(campaign_id, token, run)
 
     try:
-        run.preview = campaign_preview(campaign=Campaign.objects.get(pk=campaign_id), on_step=step)
+        campaign = Campaign.objects.select_related("segment", "frequency_policy").get(pk=campaign_id)
+        run.fingerprint = campaign_fingerprint(campaign)
+        run.preview = campaign_preview(campaign=campaign, on_step=step)
         run.state = DryRun.DONE
     except Exception as exc:  # noqa: BLE001 - shown on the page instead of a dry run that never ends
         log.exception("dry run of campaign %s failed", campaign_id)

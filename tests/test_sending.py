@@ -370,8 +370,9 @@ def test_a_slow_server_gets_no_email_after_the_batch_deadline_the_rest_is_sent_l
 
     import campaigns.sending as sending
 
-    monkeypatch.setattr(sending, "send_deadline", lambda: time.monotonic() + 0.6)
-    smtp.on_data = lambda message: time.sleep(0.25)  # a slow server
+    # Time to compose the batch's one chunk (its model loaded cold) and send some of it, not all.
+    monkeypatch.setattr(sending, "send_deadline", lambda: time.monotonic() + 1.5)
+    smtp.on_data = lambda message: time.sleep(0.4)  # a slow server
     c = campaign(template=world["template"], segment=world["segment"])
     campaign_start(campaign=c, enqueue=False)
     counts = {}
@@ -523,6 +524,23 @@ def test_time_paused_does_not_count_towards_giving_up_on_deferred_messages(world
     assert Message.objects.get(pk=m.pk).status == "planned"
 
 
+def test_a_batch_past_its_deadline_composes_nothing_more_and_defers_the_rest(world, smtp, monkeypatch):
+    import time
+
+    import campaigns.sending as sending
+
+    monkeypatch.setattr(sending, "send_deadline", lambda: time.monotonic() - 1)  # already past
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    counts = messages_send(message_ids=campaign_batches(campaign=c)[0])
+    assert counts["claimed"] == counts["retry"] == 6 and counts["sent"] == 0
+    assert not smtp.count_by_recipient()
+    messages = Message.objects.filter(campaign=c, status="planned")
+    assert messages.count() == 6 and set(messages.values_list("deferrals", "attempts")) == {(1, 1)}
+    assert all("ran out of time" in m.error for m in messages)
+    assert not Offer.objects.filter(message__campaign=c).exists()  # nothing was composed
+
+
 def test_a_deferred_message_waits_about_as_long_as_it_has_waited_up_to_a_bound(world, settings):
     import datetime as dt
 
@@ -531,13 +549,13 @@ def test_a_deferred_message_waits_about_as_long_as_it_has_waited_up_to_a_bound(w
     settings.SEND_RETRY_BASE_SECONDS, settings.SEND_DEFER_MAX_SECONDS = 60, 1800
     now = timezone.now()
     m = Message(attempts=1)
-    first = deferral_fields(m, now)
+    first = deferral_fields(m, now, "")
     assert first["deferred_since"] == now and 30 <= (first["send_after"] - now).total_seconds() <= 90
     m.deferred_since = now - dt.timedelta(minutes=10)
-    later = deferral_fields(m, now)
+    later = deferral_fields(m, now, "")
     assert 300 <= (later["send_after"] - now).total_seconds() <= 900
     m.deferred_since = now - dt.timedelta(hours=5)
-    assert (deferral_fields(m, now)["send_after"] - now).total_seconds() <= 2700
+    assert (deferral_fields(m, now, "")["send_after"] - now).total_seconds() <= 2700
 
 
 def test_a_mail_server_down_for_longer_than_the_attempts_delays_the_campaign_without_failing_it(
@@ -563,7 +581,11 @@ def test_a_mail_server_down_for_longer_than_the_attempts_delays_the_campaign_wit
     assert all("cannot connect" in error for _, error in outcomes.values())
     page = admin_client.get(reverse("admin:campaigns_campaign_change", args=[c.pk])).content.decode()
     assert ". 6 waiting because the mail server could not take them, since" in page
-    assert "Last error: cannot connect: ConnectionRefusedError" in page
+    assert "Last error: cannot connect: ConnectionRefusedError" in page and "the first fail at" in page
+    Campaign.objects.filter(pk=c.pk).update(status="paused")
+    page = admin_client.get(reverse("admin:campaigns_campaign_change", args=[c.pk])).content.decode()
+    assert "tried again when the campaign is resumed" in page and "next try" not in page
+    Campaign.objects.filter(pk=c.pk).update(status="sending")
     with SMTPServer() as server:
         settings.EMAIL_PORT = server.port
         _send_all(c)
@@ -1204,6 +1226,10 @@ def test_starting_from_the_admin_shows_a_dry_run_and_sends_only_when_confirmed(w
     c.refresh_from_db()
     assert c.status == Campaign.Status.DRAFT
     run = re.search(r'name="run" value="([^"]+)"', text).group(1)
+    Campaign.objects.filter(pk=c.pk).update(holdout_percent=50)  # changed after its dry run
+    refused = admin_client.post(changelist, {**confirm, "run": run}, follow=True)
+    assert "not started, its settings changed after its dry run" in refused.content.decode()
+    Campaign.objects.filter(pk=c.pk).update(holdout_percent=c.holdout_percent)  # as the dry run saw it
     response = admin_client.post(changelist, {**confirm, "run": run})
     assert response.status_code == 302
     c.refresh_from_db()

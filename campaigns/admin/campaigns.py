@@ -23,7 +23,7 @@ from django_celery_beat.validators import crontab_validator
 from customers.admin_utils import EstimatedCountPaginator
 from customers.models import Customer, Product
 
-from ..dry_runs import DryRun, dry_run_begin, dry_run_read
+from ..dry_runs import DryRun, campaign_fingerprint, dry_run_begin, dry_run_read
 from ..lifecycle import (
     CampaignStateError,
     beat_crontab,
@@ -427,14 +427,20 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
             deferred = waiting.aggregate(n=Count("pk"), since=Min("deferred_since"), next=Min("send_after"))
             if deferred["n"]:
                 error = waiting.order_by("-claimed_at").values_list("error", flat=True).first()
-                since, next_try = deferred["since"], max(deferred["next"] or timezone.now(), timezone.now())
+                now = timezone.now()
+                since, next_try = deferred["since"], max(deferred["next"] or now, now)
                 give_up = since + dt.timedelta(hours=settings.SEND_DEFER_HOURS)
-                text += (
-                    f". {deferred['n']} waiting because the mail server could not take them, since "
-                    f"{_when(since)}; next try from {_when(next_try)}; if it still cannot, the first of them "
-                    f"fail at {_when(give_up)} ({settings.SEND_DEFER_HOURS} hours of waiting). "
-                    f"Last error: {error}"
-                )
+                text += f". {deferred['n']} waiting because the mail server could not take them, since {_when(since)}"
+                if obj.status == Campaign.Status.PAUSED:
+                    text += "; they are tried again when the campaign is resumed (the wait starts over)"
+                elif give_up <= now:
+                    text += f"; next try from {_when(next_try)}, where each one still refused fails"
+                else:
+                    text += (
+                        f"; next try from {_when(next_try)}; if the server still refuses them, the first "
+                        f"fail at {_when(give_up)} ({settings.SEND_DEFER_HOURS} hours of waiting)"
+                    )
+                text += f". Last error: {error}"
         return text
 
     @admin.display(description="report")
@@ -505,7 +511,7 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
     def _dry_run_done(self, request, queryset) -> list[int]:
         """The campaigns whose finished dry run the confirmation carries (run=ID:TOKEN): only those start,
         so a campaign is never started without its figures having been shown."""
-        tokens = dict(value.partition(":")[::2] for value in request.POST.getlist("run")[:100])
+        tokens = dict(value.partition(":")[::2] for value in request.POST.getlist("run"))
         done = []
         for campaign in queryset:
             token = tokens.get(str(campaign.pk), "")
@@ -514,8 +520,19 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
             except Exception:  # noqa: BLE001 - the cache is down: not started, said so below
                 log.exception("the dry run of campaign %s could not be read", campaign.pk)
                 run = None
-            if run is not None and run.state == DryRun.DONE:
+            if (
+                run is not None
+                and run.state == DryRun.DONE
+                and run.fingerprint == campaign_fingerprint(campaign)
+            ):
                 done.append(campaign.pk)
+            elif run is not None and run.state == DryRun.DONE:
+                self.message_user(
+                    request,
+                    f"{campaign.name}: not started, its settings changed after its dry run. "
+                    "Select it and choose Start again.",
+                    messages.ERROR,
+                )
             else:
                 self.message_user(
                     request,

@@ -105,7 +105,7 @@ def retry_fields(attempts: int, now: dt.datetime) -> dict:
     }
 
 
-def deferral_fields(message: Message, now: dt.datetime) -> dict:
+def deferral_fields(message: Message, now: dt.datetime, error: str) -> dict:
     """The status of a message given back before the server saw it: planned again after about as long
     as it has been deferred so far (doubling from SEND_RETRY_BASE_SECONDS, at most
     SEND_DEFER_MAX_SECONDS, with jitter), without counting an attempt; failed once SEND_DEFER_HOURS have
@@ -113,9 +113,10 @@ def deferral_fields(message: Message, now: dt.datetime) -> dict:
     campaign, ends a run). An outage of the mail server delays a campaign, not fails it."""
     since = message.deferred_since or now
     waited = (now - since).total_seconds()
-    fields = {"deferrals": F("deferrals") + 1, "deferred_since": since}
+    fields = {"deferrals": F("deferrals") + 1, "deferred_since": since, "error": error[:2000]}
     if waited >= settings.SEND_DEFER_HOURS * 3600:
-        return {**fields, "status": Message.Status.FAILED}
+        error = f"not sent for {settings.SEND_DEFER_HOURS} hours; last: {error}"
+        return {**fields, "status": Message.Status.FAILED, "error": error[:2000]}
     wait = min(max(waited, settings.SEND_RETRY_BASE_SECONDS), settings.SEND_DEFER_MAX_SECONDS)
     return {
         **fields,
@@ -159,9 +160,7 @@ def _record(message: Message, outcome: str, error: str = "", hard_bounce: bool =
     # The server was reached (any outcome but a deferral): a run of deferrals, if any, has ended.
     fields: dict = {"error": error[:2000], "deferred_since": None}
     if outcome == _Outcome.DEFERRED:
-        fields.update(deferral_fields(message, now))
-        if fields["status"] == Message.Status.FAILED:
-            fields["error"] = f"not sent for {settings.SEND_DEFER_HOURS} hours; last: {error}"[:2000]
+        fields.update(deferral_fields(message, now, error))
     elif outcome == _Outcome.RETRY:
         # The deferrals were claims the server never saw: only real attempts count towards failing.
         fields.update(retry_fields(message.attempts - message.deferrals, now))
