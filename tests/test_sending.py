@@ -586,6 +586,8 @@ def test_a_mail_server_down_for_longer_than_the_attempts_delays_the_campaign_wit
     page = admin_client.get(reverse("admin:campaigns_campaign_change", args=[c.pk])).content.decode()
     assert "tried again when the campaign is resumed" in page and "next try" not in page
     Campaign.objects.filter(pk=c.pk).update(status="sending")
+    waiting = admin_client.get(reverse("admin:campaigns_message_changelist"), {"deferred": "waiting"})
+    assert waiting.context["cl"].queryset.count() == 6  # the list's filter: waiting for the mail server
     with SMTPServer() as server:
         settings.EMAIL_PORT = server.port
         _send_all(c)

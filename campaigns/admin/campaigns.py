@@ -630,10 +630,25 @@ class OfferInline(admin.TabularInline):
     can_delete = False
 
 
+class WaitingForServerFilter(admin.SimpleListFilter):
+    """Messages planned again because the mail server could not take them (a run of deferrals)."""
+
+    title = "mail server"
+    parameter_name = "deferred"
+
+    def lookups(self, request, model_admin):
+        return [("waiting", "Waiting for the mail server")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "waiting":
+            return queryset.filter(status=Message.Status.PLANNED, deferred_since__isnull=False)
+        return queryset
+
+
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     list_display = ("id", "campaign", "customer", "status", "skip_reason", "sent_at", "attempts", "deferrals")
-    list_filter = ("status", "skip_reason", "campaign")
+    list_filter = ("status", WaitingForServerFilter, "skip_reason", "campaign")
     list_select_related = ("campaign", "customer")
     search_fields = ("=customer__external_id", "customer__email", "=token")
     raw_id_fields = ("customer", "trigger_order", "run")
