@@ -20,6 +20,7 @@ from customers.models import Order, OrderLine
 from .caps import policy_default
 from .events import messages_first_touch_refresh
 from .models import Campaign, Conversion, EmailTemplate, Event, Message, Offer, Segment
+from .recommender.service import purchase_day
 
 DEMO_CAMPAIGN = "Demo: post-purchase add-ons"
 
@@ -93,9 +94,9 @@ def demo_send_backdate(*, campaign: Campaign, by: dt.timedelta = DEMO_BACKDATE) 
     messages = Message.objects.filter(campaign=campaign)
     orders = Order.objects.filter(pk__in=messages.exclude(trigger_order=None).values("trigger_order_id"))
     customers = sorted(set(orders.values_list("customer_id", flat=True)))
-    placed = dict(orders.values_list("pk", "placed_at"))
+    moved = list(orders.values_list("pk", "customer_id", "placed_at"))  # before the move
     orders.update(placed_at=F("placed_at") - by)
-    _reasons_backdate(campaign, placed, by)
+    _reasons_backdate(campaign, moved, by)
     for name in ("created_at", "claimed_at", "sent_at", "send_after", "delivered_at"):
         messages.filter(**{f"{name}__isnull": False}).update(**{name: F(name) - by})
     Offer.objects.filter(message__campaign=campaign).update(created_at=F("created_at") - by)
@@ -106,29 +107,27 @@ def demo_send_backdate(*, campaign: Campaign, by: dt.timedelta = DEMO_BACKDATE) 
     customer_stats_refresh(customer_ids=customers)
 
 
-def _reasons_backdate(campaign: Campaign, placed: dict[int, dt.datetime], by: dt.timedelta) -> None:
+def _reasons_backdate(
+    campaign: Campaign, moved: list[tuple[int, int, dt.datetime]], by: dt.timedelta
+) -> None:
     """An offer's reason names the day of a purchase of its customer's ("the phone you bought on
-    3 May", as the recommender writes it: the year only when it is not this one). Orders moved with the
-    send (placed: their days before) move in the reasons too, each day once; a day on which one of the
+    3 May", recommender.service.purchase_day). Orders moved with the send (moved: id, customer and
+    placed_at before the move) move in the reasons too, each day once; a day on which one of the
     customer's orders did not move stays as written."""
-
-    def day(when: dt.datetime) -> str:
-        d = when.astimezone(dt.UTC)
-        return f"{d.day} {d:%B}" if d.year == timezone.now().year else f"{d.day} {d:%B %Y}"
-
-    moved: dict[int, dict[str, str]] = {}
-    for customer, pk in Order.objects.filter(pk__in=placed).values_list("customer_id", "pk"):
-        moved.setdefault(customer, {})[day(placed[pk])] = day(placed[pk] - by)
+    now = timezone.now()
+    days_moved: dict[int, dict[str, str]] = {}
+    for _, customer, placed in moved:
+        days_moved.setdefault(customer, {})[purchase_day(placed, now)] = purchase_day(placed - by, now)
     kept = (
-        Order.objects.filter(customer_id__in=moved)
-        .exclude(pk__in=placed)
+        Order.objects.filter(customer_id__in=days_moved)
+        .exclude(pk__in=[pk for pk, _, _ in moved])
         .values_list("customer_id", "placed_at")
     )
     for customer, when in kept:
-        moved[customer].pop(day(when), None)
+        days_moved[customer].pop(purchase_day(when, now), None)
     offers = list(Offer.objects.filter(message__campaign=campaign).select_related("message"))
     for offer in offers:
-        days = moved.get(offer.message.customer_id)
+        days = days_moved.get(offer.message.customer_id)
         if days:  # one pass: a day moved onto another moved day is not moved twice
             offer.reason = _DAY.sub(
                 lambda m, days=days: f" on {days.get(m.group(1), m.group(1))}", offer.reason

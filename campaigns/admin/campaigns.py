@@ -55,6 +55,18 @@ def _when(moment) -> str:
     return f"{timezone.localtime(moment):%Y-%m-%d %H:%M %Z}"
 
 
+def _dry_run(campaign_id: int, token: str) -> DryRun | None:
+    """The kept dry run of this token, or None: none given, expired, or the cache cannot be read (the
+    callers say so to the marketer)."""
+    if not token:
+        return None
+    try:
+        return dry_run_read(campaign_id=campaign_id, token=token)
+    except Exception:  # noqa: BLE001 - the cache is down
+        log.exception("the dry run of campaign %s could not be read", campaign_id)
+        return None
+
+
 def _layouts() -> list[tuple[str, str]]:
     """The shared layouts in templates/email/: an HTML file with its text twin."""
     folder = LAYOUT_DIR / "email"
@@ -514,12 +526,7 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
         tokens = dict(value.partition(":")[::2] for value in request.POST.getlist("run"))
         done = []
         for campaign in queryset:
-            token = tokens.get(str(campaign.pk), "")
-            try:
-                run = dry_run_read(campaign_id=campaign.pk, token=token) if token else None
-            except Exception:  # noqa: BLE001 - the cache is down: not started, said so below
-                log.exception("the dry run of campaign %s could not be read", campaign.pk)
-                run = None
+            run = _dry_run(campaign.pk, tokens.get(str(campaign.pk), ""))
             if (
                 run is not None
                 and run.state == DryRun.DONE
@@ -557,11 +564,7 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
             if campaign is None or campaign.pk in seen:
                 continue
             seen.add(campaign.pk)
-            try:
-                run = dry_run_read(campaign_id=campaign.pk, token=token) if token else None
-            except Exception:  # noqa: BLE001 - the cache is down: said so below
-                log.exception("the dry run of campaign %s could not be read", campaign.pk)
-                run = None
+            run = _dry_run(campaign.pk, token)
             if campaign.status != Campaign.Status.DRAFT:
                 note = f"It is {campaign.get_status_display().lower()}: only a draft can be started."
                 run = None

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import joblib
 import numpy as np
@@ -137,9 +137,14 @@ def _serving(version_id: int | None, recommender: Recommender) -> Serving:
     return serving
 
 
-def _date(t: float, ref: datetime) -> str:
-    d = from_days(t)
+def purchase_day(moment: datetime, ref: datetime) -> str:
+    """A purchase's day as reasons name it: "3 May", with the year only when it is not ref's."""
+    d = moment.astimezone(UTC)
     return f"{d.day} {d:%B}" if d.year == ref.year else f"{d.day} {d:%B %Y}"
+
+
+def _date(t: float, ref: datetime) -> str:
+    return purchase_day(from_days(t), ref)
 
 
 def _within(days: int) -> str:

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 
-from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.utils import timezone
 
@@ -24,7 +23,7 @@ from ..models import Message
 from ..recommender.stored import ProductRows
 from .claim import messages_claim, messages_due, messages_sweep_stuck
 from .compose import OfferDraft, messages_build, offers_pick, product_url, with_utm
-from .deliver import OUT_OF_TIME, Courier, deferral_fields, retry_fields, send_deadline
+from .deliver import Courier, deferral_fields, out_of_time_error, retry_fields, send_deadline
 from .store import Store
 
 __all__ = [
@@ -77,7 +76,7 @@ def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> 
         _release([m for m in claimed if m.pk not in courier.handed], exc)
         raise
     late = [m for m in claimed if m.pk not in courier.handed]  # composing stopped at the deadline
-    counts["retry"] += _defer(late, f"{OUT_OF_TIME} (SEND_STUCK_MINUTES is {settings.SEND_STUCK_MINUTES})")
+    counts["retry"] += _defer(late, out_of_time_error())
     return counts
 
 

@@ -155,6 +155,11 @@ def _record_sent(sent: list[tuple[int, dt.datetime]]) -> None:
 OUT_OF_TIME = "not sent: the batch ran out of time"
 
 
+def out_of_time_error() -> str:
+    """Why a message the batch's deadline kept from the server was deferred."""
+    return f"{OUT_OF_TIME} (SEND_STUCK_MINUTES is {settings.SEND_STUCK_MINUTES}); sent in a later batch"
+
+
 def _record(message: Message, outcome: str, error: str = "", hard_bounce: bool = False) -> None:
     now = timezone.now()
     # The server was reached (any outcome but a deferral): a run of deferrals, if any, has ended.
@@ -245,10 +250,7 @@ class Courier:
                         connection, refused = None, f"cannot connect: {type(exc).__name__}: {exc}"
                 for message, email in ready:
                     if not refused and self.deadline is not None and time.monotonic() > self.deadline:
-                        refused = (
-                            f"{OUT_OF_TIME} (SEND_STUCK_MINUTES is "
-                            f"{settings.SEND_STUCK_MINUTES}); sent in a later batch"
-                        )
+                        refused = out_of_time_error()
                     if refused:  # never offered to the server: deferred, not an attempt
                         self.outcomes.put((message, _Outcome.DEFERRED, refused, False, None))
                         continue
