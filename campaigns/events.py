@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from customers.models import Customer
 
-from .models import Event, Message
+from .models import Event, Message, Offer, TrackedLink
 
 UA_MAX = 500
 
@@ -233,6 +233,61 @@ WITH hit AS (
 )"""
     + _EVENT_INSERT
 )
+# Where a click's token is found, by the route it came in on. A link of the marketer's own has a row of
+# its own (TrackedLink); an offer's link is the offer's token and leads to the URL stored with it; the
+# hidden honeypot link is the message's token and leads to the site. So an email of 3 offers stores no
+# link rows at all: 4 rows, their index entries and foreign-key checks fewer per email (bench/README.md).
+# Each source gives the columns token, url, message_id, offer_id and is_honeypot; click_targets is the
+# same in the ORM.
+CLICK_SOURCES = {
+    "link": "SELECT token, url, message_id, offer_id, is_honeypot FROM campaigns_trackedlink",
+    # Offers sent before their URL was kept (url = '') are clicked through their TrackedLink.
+    "offer": "SELECT token, url, message_id, id AS offer_id, false AS is_honeypot FROM campaigns_offer"
+    " WHERE url <> ''",
+    "honeypot": "SELECT token, CAST(%(site)s AS varchar(2000)) AS url, id AS message_id,"
+    " CAST(NULL AS bigint) AS offer_id, true AS is_honeypot FROM campaigns_message",
+}
+
+
+def click_from(source: str) -> str:
+    """A FROM clause: the source's rows as l, joined to their message as m. Needs the parameter site."""
+    return f"({CLICK_SOURCES[source]}) l JOIN campaigns_message m ON m.id = l.message_id"
+
+
+def honeypot_url() -> str:
+    return settings.SITE_URL + "/"
+
+
+def click_targets(source: str, tokens: list[str]) -> list[dict]:
+    """The rows of these tokens in a click source: token, url, message_id, offer_id, is_honeypot and the
+    message's campaign_id, customer_id, sent_at, created_at (CLICK_SOURCES in the ORM: the direct click
+    on SQLite and the tracking buffer's flush)."""
+    if source == "honeypot":
+        rows = Message.objects.filter(token__in=tokens)
+        return [
+            {"token": token, "url": honeypot_url(), "message_id": pk, "offer_id": None, "is_honeypot": True}
+            | {"campaign_id": campaign, "customer_id": customer, "sent_at": sent, "created_at": created}
+            for token, pk, campaign, customer, sent, created in rows.values_list(
+                "token", "pk", "campaign_id", "customer_id", "sent_at", "created_at"
+            )
+        ]
+    if source == "offer":
+        rows = Offer.objects.filter(token__in=tokens).exclude(url="").order_by()
+        fields, renamed = ["token", "url", "message_id", "pk"], {"pk": "offer_id"}
+    elif source == "link":
+        rows = TrackedLink.objects.filter(token__in=tokens)
+        fields, renamed = ["token", "url", "message_id", "offer_id", "is_honeypot"], {}
+    else:
+        raise ValueError(f"unknown click source {source!r}")
+    for name in ("campaign_id", "customer_id", "sent_at", "created_at"):
+        fields.append(f"message__{name}")
+        renamed[f"message__{name}"] = name
+    return [
+        {"is_honeypot": False} | {renamed.get(name, name): value for name, value in row.items()}
+        for row in rows.values(*fields)
+    ]
+
+
 _CLICK_SQL = (
     """
 WITH hit AS (
@@ -241,7 +296,7 @@ WITH hit AS (
               WHEN %(reason)s <> '' THEN %(reason)s
               WHEN m.sent_at > %(too_soon)s THEN 'click too soon after delivery'
               ELSE '' END::varchar AS reason
-  FROM campaigns_trackedlink l JOIN campaigns_message m ON m.id = l.message_id
+  FROM {targets}
   WHERE l.token = %(token)s AND COALESCE(m.sent_at, m.created_at) >= %(oldest)s
 ), touched AS (
   UPDATE campaigns_message m
@@ -254,6 +309,7 @@ WITH hit AS (
 )
 SELECT url FROM hit"""
 )
+_CLICK_SQLS = {source: _CLICK_SQL.replace("{targets}", click_from(source)) for source in CLICK_SOURCES}
 
 
 def open_record_pg(*, token: str, request, reason: str, now: dt.datetime, oldest: dt.datetime) -> None:
@@ -265,11 +321,12 @@ def open_record_pg(*, token: str, request, reason: str, now: dt.datetime, oldest
         )
 
 
-def click_record_pg(*, token: str, request, now: dt.datetime, oldest: dt.datetime) -> str | None:
+def click_record_pg(*, source: str, token: str, request, now: dt.datetime, oldest: dt.datetime) -> str | None:
     """The link's stored URL (None if unknown or expired), the click recorded."""
     params = {
         "kind": "click",
         "token": token,
+        "site": honeypot_url(),
         "reason": click_request_reason(
             method=request.method, user_agent=request.META.get("HTTP_USER_AGENT", "")
         ),
@@ -278,7 +335,7 @@ def click_record_pg(*, token: str, request, now: dt.datetime, oldest: dt.datetim
         "oldest": oldest,
     } | client_facts(request)
     with connection.cursor() as cursor:
-        cursor.execute(_CLICK_SQL, params)
+        cursor.execute(_CLICK_SQLS[source], params)
         row = cursor.fetchone()
     return row[0] if row else None
 

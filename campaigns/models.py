@@ -389,6 +389,10 @@ class Offer(models.Model):
     reason = models.CharField(max_length=300)
     model_version = models.ForeignKey(ModelVersion, on_delete=models.SET_NULL, null=True, blank=True)
     token = models.CharField(max_length=32, default=new_token)
+    # Where the email's link to the product leads (its page with the campaign's UTM parameters, as sent):
+    # the click on the offer's own token goes there, with no tracked-link row of its own. Empty on
+    # offers sent before it was kept, whose clicks go through their TrackedLink.
+    url = models.URLField(max_length=2000, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -404,7 +408,10 @@ class Offer(models.Model):
 
 
 class TrackedLink(models.Model):
-    """A link in a sent email: the click redirect goes only to this stored URL."""
+    """A link of the marketer's own in a sent email: the click redirect goes only to this stored URL.
+
+    An offer's link and the honeypot need no row: their clicks are recorded on the offer's and the
+    message's own tokens (campaigns.events.CLICK_SOURCES)."""
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="links")
     offer = models.ForeignKey(Offer, on_delete=models.CASCADE, null=True, blank=True, related_name="links")

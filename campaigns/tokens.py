@@ -14,7 +14,17 @@ import hmac
 from django.conf import settings
 from django.urls import reverse
 
-PURPOSES = ("open", "click", "offers", "accept", "unsubscribe", "one-click", "preferences")
+PURPOSES = (
+    "open",
+    "click",  # a link of the marketer's (a TrackedLink's token)
+    "offer-click",  # an offer's link to its product (the offer's token)
+    "honeypot",  # the hidden link only machines follow (the message's token)
+    "offers",
+    "accept",
+    "unsubscribe",
+    "one-click",
+    "preferences",
+)
 
 
 @functools.lru_cache(maxsize=4)

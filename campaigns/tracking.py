@@ -2,7 +2,7 @@
 
 Every link carries "<row token>.<hmac of its purpose>" (campaigns.tokens): a tampered, unknown or
 wrong-purpose token is a 404 before any database work, and the pixel answers the same image whatever
-its token. Clicks redirect only to the URL stored for that link. GET and HEAD never change a customer's
+its token. Clicks redirect only to the URL stored for that link or offer (the honeypot's: to the site). GET and HEAD never change a customer's
 state: accepting and unsubscribing are POSTs behind a confirmation page, except RFC 8058's one-click
 POST, which needs no cookie or CSRF token and answers 200. Open, click and accept links expire
 TRACKING_TOKEN_DAYS (365) after sending; unsubscribe and preference links never do.
@@ -35,12 +35,13 @@ from customers.models import Customer
 from .events import (
     click_machine_reason,
     click_record_pg,
+    click_targets,
     customer_suppress,
     event_record,
     open_machine_reason,
     open_record_pg,
 )
-from .models import Event, Message, Offer, TrackedLink
+from .models import Event, Message, Offer
 from .sending import product_url, with_utm
 from .tokens import purpose_token, purpose_token_check
 from .tracking_buffer import buffer_enabled, click_buffer, open_buffer
@@ -133,60 +134,63 @@ def _open_record(token: str, message_token: str, request, now: dt.datetime) -> N
         )
 
 
-@require_safe
-def click(request, token):
-    now = timezone.now()
-    link_token = purpose_token_check(token, "click")
-    if link_token is None:
-        raise Http404("unknown link")
-    url = _click(link_token, request, now)
-    if url is None:
-        raise Http404("unknown link")
-    # Only the stored URL, never anything from the request.
-    return _private(HttpResponseRedirect(url))
+# The three click routes, by what their token names: route name → (purpose, campaigns.events source).
+CLICK_ROUTES = {
+    "track-click": ("click", "link"),
+    "track-offer": ("offer-click", "offer"),
+    "track-honeypot": ("honeypot", "honeypot"),
+}
 
 
-def _click(link_token: str, request, now: dt.datetime) -> str | None:
+def _click_view(route: str):
+    purpose, source = CLICK_ROUTES[route]
+
+    @require_safe
+    def view(request, token):
+        now = timezone.now()
+        row_token = purpose_token_check(token, purpose)
+        url = _click(source, row_token, request, now) if row_token else None
+        if url is None:
+            raise Http404("unknown link")
+        # Only the stored URL, never anything from the request.
+        return _private(HttpResponseRedirect(url))
+
+    return view
+
+
+click = _click_view("track-click")
+offer_click = _click_view("track-offer")
+honeypot_click = _click_view("track-honeypot")
+
+
+def _click(source: str, token: str, request, now: dt.datetime) -> str | None:
     """The link's stored URL (None if unknown or expired), the click recorded or queued."""
     if buffer_enabled():
         try:
-            return click_buffer(token=link_token, request=request, now=now, oldest=_oldest(now))
+            return click_buffer(source=source, token=token, request=request, now=now, oldest=_oldest(now))
         except redis.RedisError:
             logger.warning("tracking buffer unreachable: recording the click directly", exc_info=True)
     if connection.vendor == "postgresql":
-        return click_record_pg(token=link_token, request=request, now=now, oldest=_oldest(now))
-    return _click_record(link_token, request, now)
+        return click_record_pg(source=source, token=token, request=request, now=now, oldest=_oldest(now))
+    return _click_record(source, token, request, now)
 
 
-def _click_record(link_token: str, request, now: dt.datetime) -> str | None:
-    link = (
-        TrackedLink.objects.filter(token=link_token)
-        .values(
-            "url",
-            "is_honeypot",
-            "message_id",
-            "offer_id",
-            "message__campaign_id",
-            "message__customer_id",
-            "message__sent_at",
-            "message__created_at",
-        )
-        .first()
-    )
-    if link is None or _expired(link["message__sent_at"], link["message__created_at"], now):
+def _click_record(source: str, token: str, request, now: dt.datetime) -> str | None:
+    link = next(iter(click_targets(source, [token])), None)
+    if link is None or _expired(link["sent_at"], link["created_at"], now):
         return None
     reason = click_machine_reason(
         method=request.method,
         user_agent=request.META.get("HTTP_USER_AGENT", ""),
         is_honeypot=link["is_honeypot"],
-        sent_at=link["message__sent_at"],
+        sent_at=link["sent_at"],
         now=now,
     )
     event_record(
         kind=Event.Kind.CLICK,
         message_id=link["message_id"],
-        campaign_id=link["message__campaign_id"],
-        customer_id=link["message__customer_id"],
+        campaign_id=link["campaign_id"],
+        customer_id=link["customer_id"],
         offer_id=link["offer_id"],
         request=request,
         machine_reason=reason,

@@ -2,9 +2,9 @@
 
 With the buffer on, the pixel checks its token's HMAC (a valid MAC means we issued the token) and
 queues one compact record without the database; each process sends its records to a Redis list in
-batches and never waits for Redis's answer (_Pusher). The click also needs the link's stored URL: one
-indexed SELECT the first time, then from Redis (kept an hour) or, for a link this process has seen,
-from memory.
+batches and never waits for Redis's answer (_Pusher). The click also needs the stored URL of its link,
+offer or honeypot (campaigns.events.CLICK_SOURCES): one indexed SELECT the first time, then from Redis
+(kept an hour) or, for a link this process has seen, from memory.
 
 The Celery task campaigns.tracking_flush (beat, every 10 s) drains the list in chunks: it looks the
 tokens up, drops unknown and expired ones (so only known rows are ever recorded), applies the
@@ -38,8 +38,18 @@ from django.db import connection, transaction
 
 from customers.bulk import bulk_insert
 
-from .events import UA_MAX, click_request_reason, client_facts, messages_first_touch_refresh, scanner_seconds
-from .models import Event, Message, TrackedLink
+from .events import (
+    CLICK_SOURCES,
+    UA_MAX,
+    click_from,
+    click_request_reason,
+    click_targets,
+    client_facts,
+    honeypot_url,
+    messages_first_touch_refresh,
+    scanner_seconds,
+)
+from .models import Event, Message
 
 logger = logging.getLogger(__name__)
 QUEUE = "xsell:tracking:queue"
@@ -290,10 +300,8 @@ def open_buffer(*, token: str, request, reason: str, now: dt.datetime) -> None:
     _push(_record(kind=Event.Kind.OPEN, token=token, request=request, reason=reason, now=now))
 
 
-_LINK = """
-SELECT l.url, COALESCE(m.sent_at, m.created_at) FROM campaigns_trackedlink l
-JOIN campaigns_message m ON m.id = l.message_id WHERE l.token = %s
-"""
+_LINK = "SELECT l.url, COALESCE(m.sent_at, m.created_at) FROM {targets} WHERE l.token = %(token)s"
+_LINKS = {source: _LINK.replace("{targets}", click_from(source)) for source in CLICK_SOURCES}
 
 
 # Links are written once when their message is composed and never edited, so a process may keep them.
@@ -303,18 +311,36 @@ _links: dict[str, tuple[int, str]] = {}
 LINKS_KEPT = 20_000
 
 
-def _link(token: str) -> tuple[int, str] | None:
+def _key(source: str, token: str) -> str:
+    """A click's token in a record and in the caches: a link's as it is (as in records queued before
+    offers and the honeypot had their own sources), the others' with their source in front."""
+    return token if source == "link" else f"{source}:{token}"
+
+
+def _by_source(keys) -> dict[str, list[str]]:
+    """The records' keys (_key) as tokens by source; a source this version does not know is left out."""
+    tokens: dict[str, list[str]] = {}
+    for key in keys:
+        source, colon, token = key.partition(":")
+        source, token = (source, token) if colon else ("link", key)
+        if source in CLICK_SOURCES:
+            tokens.setdefault(source, []).append(token)
+    return tokens
+
+
+def _link(source: str, token: str) -> tuple[int, str] | None:
     """(message's sending time in µs, URL) of a link: this process's copy, else Redis's, else the database.
 
     Redis keeps a looked-up link for LINK_SECONDS, so other processes find it there."""
-    cached = _links.get(token)
+    key = _key(source, token)
+    cached = _links.get(key)
     if cached is not None:
         return cached
     # The click is already queued: a Redis failure here must only skip the cache, or the view would
     # record the click a second time directly.
     client = buffer_client()
     try:
-        value = client.get(LINK_PREFIX + token)
+        value = client.get(LINK_PREFIX + key)
     except redis.RedisError:
         value = None
     if value is not None:
@@ -322,7 +348,7 @@ def _link(token: str) -> tuple[int, str] | None:
         found = (int(start), url)
     else:
         with connection.cursor() as cursor:
-            cursor.execute(_LINK, [token])
+            cursor.execute(_LINKS[source], {"token": token, "site": honeypot_url()})
             row = cursor.fetchone()
         if row is None:
             return None
@@ -331,22 +357,22 @@ def _link(token: str) -> tuple[int, str] | None:
             start = dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC)
         found = (_micros(start), url)
         with contextlib.suppress(redis.RedisError):
-            client.set(LINK_PREFIX + token, f"{found[0]}|{url}", ex=LINK_SECONDS)
+            client.set(LINK_PREFIX + key, f"{found[0]}|{url}", ex=LINK_SECONDS)
     if len(_links) >= LINKS_KEPT:
         _links.clear()
-    _links[token] = found
+    _links[key] = found
     return found
 
 
-def click_buffer(*, token: str, request, now: dt.datetime, oldest: dt.datetime) -> str | None:
+def click_buffer(*, source: str, token: str, request, now: dt.datetime, oldest: dt.datetime) -> str | None:
     """The link's stored URL (None if unknown or expired), the click queued.
 
     A link clicked before in this process costs no round trip at all; see _link for the others.
     """
     reason = click_request_reason(method=request.method, user_agent=request.META.get("HTTP_USER_AGENT", ""))
     # Queued before the link is known: the flush drops unknown and expired links anyway.
-    _push(_record(kind=Event.Kind.CLICK, token=token, request=request, reason=reason, now=now))
-    link = _link(token)
+    _push(_record(kind=Event.Kind.CLICK, token=_key(source, token), request=request, reason=reason, now=now))
+    link = _link(source, token)
     if link is None:
         return None
     start, url = link
@@ -363,10 +389,8 @@ def _records(raw: list[bytes]) -> pd.DataFrame:
     return frame
 
 
-def _rows(queryset, columns: list[str]) -> pd.DataFrame:
-    """The rows as a frame, "message__" dropped from column names."""
-    names = [name.removeprefix("message__") for name in columns]
-    frame = pd.DataFrame(list(queryset.values_list(*columns)), columns=names)
+def _rows(rows, columns: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows), columns=columns)
     for name in ("sent_at", "created_at"):
         frame[name] = pd.to_datetime(frame[name], utc=True)
     return frame
@@ -374,9 +398,9 @@ def _rows(queryset, columns: list[str]) -> pd.DataFrame:
 
 def _opens(records: pd.DataFrame) -> pd.DataFrame:
     opens = records[records["kind"] == Event.Kind.OPEN]
+    columns = ["token", "id", "campaign_id", "customer_id", "sent_at", "created_at"]
     rows = _rows(
-        Message.objects.filter(token__in=opens["token"].unique().tolist()),
-        ["token", "id", "campaign_id", "customer_id", "sent_at", "created_at"],
+        Message.objects.filter(token__in=opens["token"].unique().tolist()).values_list(*columns), columns
     ).rename(columns={"id": "message_id"})
     found = opens.merge(rows, on="token")
     found["offer_id"] = pd.array([pd.NA] * len(found), dtype="Int64")
@@ -386,10 +410,15 @@ def _opens(records: pd.DataFrame) -> pd.DataFrame:
 
 def _clicks(records: pd.DataFrame) -> pd.DataFrame:
     clicks = records[records["kind"] == Event.Kind.CLICK]
+    columns = ["token", "message_id", "offer_id", "is_honeypot", "campaign_id", "customer_id"]
+    columns += ["sent_at", "created_at"]
     rows = _rows(
-        TrackedLink.objects.filter(token__in=clicks["token"].unique().tolist()),
-        ["token", "message_id", "offer_id", "is_honeypot", "message__campaign_id", "message__customer_id"]
-        + ["message__sent_at", "message__created_at"],
+        (
+            [_key(source, row["token"]), *(row[name] for name in columns[1:])]
+            for source, tokens in _by_source(clicks["token"].unique()).items()
+            for row in click_targets(source, tokens)
+        ),
+        columns,
     )
     found = clicks.merge(rows, on="token")
     found["offer_id"] = found["offer_id"].astype("Int64")

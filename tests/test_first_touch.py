@@ -13,7 +13,7 @@ from campaigns.events import messages_first_touch_refresh
 from campaigns.models import Event, Message
 from campaigns.reports import campaign_report
 from campaigns.tokens import purpose_token
-from tests.test_tracking import HUMAN_UA, offer_link, sent_message, url
+from tests.test_tracking import HUMAN_UA, honeypot_url, offer_url, sent_message, url
 
 BOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 
@@ -45,10 +45,9 @@ def test_pixel_sets_opened_once_and_copies_the_campaign(client):
 @pytest.mark.django_db
 def test_click_sets_clicked_and_opened_then_accept_sets_accepted(client):
     message, offers = sent_message()
-    honeypot = message.links.get(is_honeypot=True)
-    client.get(url("track-click", honeypot.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    client.get(honeypot_url(message), HTTP_USER_AGENT=HUMAN_UA)
     assert _touches(message) == (None, None, None, None)
-    client.get(url("track-click", offer_link(offers[0]).token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    client.get(offer_url(offers[0]), HTTP_USER_AGENT=HUMAN_UA)
     click = Event.objects.get(kind="click", is_machine=False)
     assert _touches(message) == (None, click.occurred_at, click.occurred_at, None)
     client.post(url("accept", offers[0].token))

@@ -316,7 +316,7 @@ def test_a_page_the_css_inliner_refuses_fails_only_its_message(world, smtp, monk
     assert sorted(smtp.count_by_recipient()) == [f"r{i}@example.com" for i in (0, 1, 2, 4, 5)]
     m = Message.objects.get(campaign=c, customer__external_id="R3")
     assert m.skip_reason == "render_error" and "CSS inlining: invalid stylesheet" in m.error
-    assert not m.links.filter(offer__isnull=True).exists()  # its body links and honeypot were not stored
+    assert not m.links.exists()  # its body links were not stored
 
 
 def test_smtp_451_then_250_delivers_once_and_550_fails_and_suppresses(world, smtp):
@@ -660,25 +660,29 @@ def _html(mail) -> str:
 
 
 def _assert_links_stored(c: Campaign, smtp, settings) -> None:
-    """Every click link in every sent email is a stored link of its message; offers and their links match."""
+    """Every click link in every sent email leads to a row of its message: the template's own links to
+    their TrackedLinks, the offers' to the offers (with their URLs), the honeypot to the message."""
     import re
 
     from campaigns.models import TrackedLink
+    from campaigns.sending import product_url, with_utm
     from campaigns.tokens import purpose_token_check
+
+    def tokens(html: str, path: str, purpose: str) -> set[str | None]:
+        return {purpose_token_check(value, purpose) for value in re.findall(rf'/t/{path}/([^"\'<\s]+)', html)}
 
     assert set(smtp.count_by_recipient().values()) == {1} and len(smtp.count_by_recipient()) == 6
     for m in Message.objects.filter(campaign=c, status="sent").select_related("customer"):
         html = _html(smtp.to(m.customer.email)[0])
-        clicks = re.findall(r'/t/c/([^"\'<\s]+)', html)
-        tokens = {purpose_token_check(value, "click") for value in clicks}
-        assert None not in tokens
-        stored = set(TrackedLink.objects.filter(message=m).values_list("token", flat=True))
-        assert tokens and tokens <= stored
-        offer_links = TrackedLink.objects.filter(message=m, offer__isnull=False)
-        assert offer_links.count() == Offer.objects.filter(message=m).count()
-        assert all(token in html for token in Offer.objects.filter(message=m).values_list("token", flat=True))
-        assert TrackedLink.objects.filter(message=m, is_honeypot=True).count() == 1
-        assert TrackedLink.objects.filter(message=m, url="https://shop.example/help").count() == 1
+        links = TrackedLink.objects.filter(message=m)
+        assert tokens(html, "c", "click") == set(links.values_list("token", flat=True))
+        assert list(links.values_list("url", "offer", "is_honeypot")) == [
+            ("https://shop.example/help", None, False)
+        ]
+        offers = Offer.objects.filter(message=m)
+        assert tokens(html, "p", "offer-click") == set(offers.values_list("token", flat=True))
+        assert all(o.url == with_utm(product_url(o.product), c) for o in offers)
+        assert tokens(html, "h", "honeypot") == {m.token}
         assert m.sent_at and m.message_id == f"<{m.token}@{settings.DEFAULT_FROM_EMAIL.rpartition('@')[2]}>"
 
 

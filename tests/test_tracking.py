@@ -20,7 +20,8 @@ HUMAN_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML,
 
 
 def sent_message(*, email="ann@example.com", sent_ago=dt.timedelta(hours=2), status=Message.Status.SENT, n=2):
-    """A customer, a campaign, a sent message with n offers, their tracked links and a honeypot."""
+    """A customer, a campaign, a sent message with n offers (their links lead to their stored URLs) and
+    a link of the marketer's own (a TrackedLink)."""
     now = timezone.now()
     customer = Customer.objects.create(
         external_id=f"c-{email}", email=email, first_name="Ann", marketing_consent=True, consent_at=now
@@ -49,11 +50,15 @@ def sent_message(*, email="ann@example.com", sent_ago=dt.timedelta(hours=2), sta
         )
         if status == Message.Status.SENT:
             offer = Offer.objects.create(
-                message=message, product=product, rank=rank, score=0.5, reason="Goes well"
+                message=message,
+                product=product,
+                rank=rank,
+                score=0.5,
+                reason="Goes well",
+                url=f"https://shop.example/p/{rank}",
             )
-            TrackedLink.objects.create(message=message, offer=offer, url=f"https://shop.example/p/{rank}")
             offers.append(offer)
-    TrackedLink.objects.create(message=message, url="http://127.0.0.1:8000/", is_honeypot=True)
+    TrackedLink.objects.create(message=message, url="https://shop.example/help")
     return message, offers
 
 
@@ -61,8 +66,20 @@ def url(name, token, purpose=None):
     return reverse(name, kwargs={"token": purpose_token(token, purpose or name)})
 
 
-def offer_link(offer):
-    return offer.links.get(is_honeypot=False)
+def offer_url(offer):
+    return url("track-offer", offer.token, "offer-click")
+
+
+def honeypot_url(message):
+    return url("track-honeypot", message.token, "honeypot")
+
+
+def legacy_offer(offer):
+    """The offer as sent before offers kept their URLs: no URL of its own, a TrackedLink to click."""
+    Offer.objects.filter(pk=offer.pk).update(url="")
+    return TrackedLink.objects.create(
+        message=offer.message, offer=offer, url=f"https://shop.example/old/{offer.rank}"
+    )
 
 
 @pytest.fixture
@@ -73,12 +90,12 @@ def message():
 # ------------------------------------------------------------------------------------------ tokens
 
 
-def _bad_tokens(row_token):
-    good = purpose_token(row_token, "click")
+def _bad_tokens(row_token, purpose="click"):
+    good = purpose_token(row_token, purpose)
     return [
         good[:-1] + ("A" if good[-1] != "A" else "B"),  # tampered mac
         "x" + good,  # tampered row token
-        purpose_token("unknownunknownunknown", "click"),  # well signed, unknown row
+        purpose_token("unknownunknownunknown", purpose),  # well signed, unknown row
         purpose_token(row_token, "open"),  # wrong purpose
         row_token,  # no mac at all
         good[:-1] + "é",  # a mac that is not ASCII
@@ -88,8 +105,8 @@ def _bad_tokens(row_token):
 @pytest.mark.django_db
 def test_bad_click_tokens_are_404_and_record_nothing(client, message):
     msg, offers = message
-    for bad in _bad_tokens(offer_link(offers[0]).token):
-        response = client.get(reverse("track-click", kwargs={"token": bad}), HTTP_USER_AGENT=HUMAN_UA)
+    for bad in _bad_tokens(offers[0].token, "offer-click"):
+        response = client.get(reverse("track-offer", kwargs={"token": bad}), HTTP_USER_AGENT=HUMAN_UA)
         assert response.status_code == 404, bad
     assert not Event.objects.exists()
 
@@ -118,12 +135,50 @@ def test_pixel_is_the_same_gif_for_known_unknown_and_tampered_tokens(client, mes
 @pytest.mark.django_db
 def test_click_redirects_to_the_stored_url_only(client, message):
     msg, offers = message
-    link = offer_link(offers[0])
-    response = client.get(url("track-click", link.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    response = client.get(offer_url(offers[0]), HTTP_USER_AGENT=HUMAN_UA)
     assert response.status_code == 302
     assert response["Location"] == "https://shop.example/p/1"
     event = Event.objects.get()
     assert (event.kind, event.offer_id, event.is_machine) == ("click", offers[0].pk, False)
+
+
+@pytest.mark.django_db
+def test_each_kind_of_link_leads_to_its_own_url_and_records_its_click(client, message, settings):
+    msg, offers = message
+    link = msg.links.get()
+    old = legacy_offer(offers[1])  # its email is out: its TrackedLink keeps working
+    clicks = [
+        (url("track-click", link.token, "click"), "https://shop.example/help", None, ""),
+        (url("track-click", old.token, "click"), "https://shop.example/old/2", offers[1].pk, ""),
+        (offer_url(offers[0]), "https://shop.example/p/1", offers[0].pk, ""),
+        (honeypot_url(msg), settings.SITE_URL + "/", None, "honeypot link"),
+    ]
+    for path, location, offer_id, reason in clicks:
+        response = client.get(path, HTTP_USER_AGENT=HUMAN_UA)
+        assert (response.status_code, response["Location"]) == (302, location), path
+        event = Event.objects.order_by("-pk").first()
+        assert (event.message_id, event.offer_id, event.machine_reason) == (msg.pk, offer_id, reason), path
+    assert Event.objects.filter(kind="click").count() == 4
+
+
+@pytest.mark.django_db
+def test_a_token_is_only_a_link_on_its_own_route(client, message):
+    msg, offers = message
+    link = msg.links.get()
+    wrong = [
+        ("track-click", offers[0].token, "click"),  # an offer is not a TrackedLink
+        ("track-click", msg.token, "click"),
+        ("track-offer", link.token, "offer-click"),
+        ("track-offer", msg.token, "offer-click"),
+        ("track-honeypot", offers[0].token, "honeypot"),
+        ("track-offer", offers[0].token, "click"),  # well formed, signed for another purpose
+        ("track-honeypot", msg.token, "open"),
+    ]
+    for name, token, purpose in wrong:
+        assert client.get(url(name, token, purpose), HTTP_USER_AGENT=HUMAN_UA).status_code == 404, name
+    legacy_offer(offers[1])  # an offer without a URL of its own has no offer link (it has a TrackedLink)
+    assert client.get(offer_url(offers[1]), HTTP_USER_AGENT=HUMAN_UA).status_code == 404
+    assert not Event.objects.exists()
 
 
 @pytest.mark.django_db
@@ -133,7 +188,7 @@ def test_click_redirects_to_the_stored_url_only(client, message):
 )
 def test_open_redirect_attempts_fail(client, message, suffix):
     msg, offers = message
-    path = url("track-click", offer_link(offers[0]).token, "click")
+    path = offer_url(offers[0])
     response = client.get(path + suffix, HTTP_USER_AGENT=HUMAN_UA)
     if response.status_code == 302:  # a query string is ignored: still the stored URL
         assert response["Location"] == "https://shop.example/p/1"
@@ -145,19 +200,18 @@ def test_open_redirect_attempts_fail(client, message, suffix):
 @pytest.mark.django_db
 def test_click_on_an_edited_destination_is_404(client, message):
     msg, offers = message
-    link = offer_link(offers[0])
-    # A token for a row that is not a link (the message's own token, correctly signed) is unknown.
-    for token in (msg.token, offers[0].token):
-        assert client.get(url("track-click", token, "click")).status_code == 404
+    link = msg.links.get()
     TrackedLink.objects.filter(pk=link.pk).update(url="https://shop.example/changed")
     response = client.get(url("track-click", link.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
     assert response["Location"] == "https://shop.example/changed"  # the database decides, not the link
+    Offer.objects.filter(pk=offers[0].pk).update(url="https://shop.example/offer-changed")
+    assert client.get(offer_url(offers[0]), HTTP_USER_AGENT=HUMAN_UA)["Location"].endswith("/offer-changed")
 
 
 @pytest.mark.django_db
 def test_expired_tokens_are_404_but_unsubscribe_still_works(client):
     msg, offers = sent_message(sent_ago=dt.timedelta(days=400))
-    assert client.get(url("track-click", offer_link(offers[0]).token, "click")).status_code == 404
+    assert client.get(offer_url(offers[0])).status_code == 404
     assert client.get(url("offers", msg.token)).status_code == 404
     assert client.post(url("accept", offers[0].token)).status_code == 404
     assert client.get(url("track-open", msg.token, "open")).content == PIXEL
@@ -192,11 +246,10 @@ def test_machine_opens_are_flagged(client, message):
 @pytest.mark.django_db
 def test_scanner_clicks_are_flagged_and_excluded_from_human_counts(client):
     msg, offers = sent_message()
-    path = url("track-click", offer_link(offers[0]).token, "click")
-    honeypot = TrackedLink.objects.get(message=msg, is_honeypot=True)
+    path = offer_url(offers[0])
     assert client.head(path, HTTP_USER_AGENT=HUMAN_UA).status_code == 302
     client.get(path, HTTP_USER_AGENT="Mozilla/5.0 (compatible; Barracuda Sentinel)")
-    client.get(url("track-click", honeypot.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    client.get(honeypot_url(msg), HTTP_USER_AGENT=HUMAN_UA)
     client.get(path, HTTP_USER_AGENT=HUMAN_UA)
     clicks = Event.objects.filter(kind="click")
     assert clicks.count() == 4
@@ -211,7 +264,7 @@ def test_scanner_clicks_are_flagged_and_excluded_from_human_counts(client):
 @pytest.mark.django_db
 def test_click_seconds_after_delivery_is_a_scanner(client):
     msg, offers = sent_message(sent_ago=dt.timedelta(seconds=1))
-    client.get(url("track-click", offer_link(offers[0]).token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    client.get(offer_url(offers[0]), HTTP_USER_AGENT=HUMAN_UA)
     event = Event.objects.get()
     assert event.is_machine and event.machine_reason == "click too soon after delivery"
 

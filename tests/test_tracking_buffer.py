@@ -19,7 +19,7 @@ from campaigns.models import Event, Message, TrackedLink
 from campaigns.tasks import tracking_flush
 from campaigns.tokens import purpose_token
 from campaigns.tracking import PIXEL
-from tests.test_tracking import HUMAN_UA, offer_link, sent_message, url
+from tests.test_tracking import HUMAN_UA, honeypot_url, legacy_offer, offer_url, sent_message, url
 
 needs_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis (REDIS_URL)")
 
@@ -57,9 +57,8 @@ def _touches(message: Message) -> tuple:
 @pytest.mark.django_db
 def test_pixel_and_click_are_recorded_by_the_flush(client, buffered):
     message, offers = sent_message()
-    link = offer_link(offers[0])
     assert client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA).content == PIXEL
-    response = client.get(url("track-click", link.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    response = client.get(offer_url(offers[0]), HTTP_USER_AGENT=HUMAN_UA)
     assert (response.status_code, response["Location"]) == (302, "https://shop.example/p/1")
     assert _queued(buffered) == 2 and not Event.objects.exists()
     assert _touches(message) == (None, None)
@@ -82,9 +81,35 @@ def test_pixel_and_click_are_recorded_by_the_flush(client, buffered):
 
 @needs_redis
 @pytest.mark.django_db
+def test_each_kind_of_link_is_recorded_by_the_flush(client, buffered, settings):
+    message, offers = sent_message(n=3)
+    old = legacy_offer(offers[1])
+    clicks = [
+        (url("track-click", message.links.get(offer=None).token, "click"), "https://shop.example/help"),
+        (url("track-click", old.token, "click"), "https://shop.example/old/2"),
+        (offer_url(offers[0]), "https://shop.example/p/1"),
+        (honeypot_url(message), settings.SITE_URL + "/"),
+    ]
+    for path, location in clicks:
+        response = client.get(path, HTTP_USER_AGENT=HUMAN_UA)
+        assert (response.status_code, response["Location"]) == (302, location), path
+    # Well signed, on the wrong route: never found (an offer without a URL is clicked through its link).
+    for path in (url("track-offer", message.token, "offer-click"), offer_url(offers[1])):
+        assert client.get(path, HTTP_USER_AGENT=HUMAN_UA).status_code == 404
+    assert tracking_flush.delay().get() == 4
+    assert sorted(Event.objects.values_list("offer_id", "machine_reason"), key=str) == sorted(
+        [(None, ""), (offers[1].pk, ""), (offers[0].pk, ""), (None, "honeypot link")], key=str
+    )
+    assert set(Event.objects.values_list("message_id", "campaign_id", "customer_id")) == {
+        (message.pk, message.campaign_id, message.customer_id)
+    }
+
+
+@needs_redis
+@pytest.mark.django_db
 def test_click_reads_the_database_once_then_the_cache(client, buffered, settings):
     message, offers = sent_message()
-    link = offer_link(offers[0])
+    link = message.links.get()
     TrackedLink.objects.filter(pk=link.pk).update(url="https://shop.example/changed")
     path = url("track-click", link.token, "click")
     assert client.get(path, HTTP_USER_AGENT=HUMAN_UA)["Location"] == "https://shop.example/changed"
@@ -94,7 +119,7 @@ def test_click_reads_the_database_once_then_the_cache(client, buffered, settings
     assert tracking_flush.delay().get() == 0
     # The cache keeps the sending time, so links still expire.
     other, other_offers = sent_message(email="other@example.com", sent_ago=dt.timedelta(days=2))
-    path = url("track-click", offer_link(other_offers[0]).token, "click")
+    path = offer_url(other_offers[0])
     assert client.get(path, HTTP_USER_AGENT=HUMAN_UA).status_code == 302
     assert tracking_flush.delay().get() == 1
     settings.TRACKING_TOKEN_DAYS = 1
@@ -110,16 +135,16 @@ def test_tampered_unknown_and_expired_tokens_are_never_recorded(client, buffered
     good = purpose_token(message.token, "open")
     for token in (good[:-2] + "zz", "x" + good, purpose_token(message.token, "click"), message.token):
         assert client.get(reverse("track-open", kwargs={"token": token})).content == PIXEL
-    link = offer_link(offers[0]).token
-    for token in (purpose_token(link, "click")[:-1] + "A", purpose_token(link, "open"), link):
-        assert client.get(reverse("track-click", kwargs={"token": token})).status_code == 404
+    offer = offers[0].token
+    for token in (purpose_token(offer, "offer-click")[:-1] + "A", purpose_token(offer, "click"), offer):
+        assert client.get(reverse("track-offer", kwargs={"token": token})).status_code == 404
     assert _queued(buffered) == 0  # a bad MAC queues nothing
 
     # Well signed but unknown, or expired: queued, then dropped by the flush.
     client.get(url("track-open", "nosuchmessage", "open"), HTTP_USER_AGENT=HUMAN_UA)
     client.get(url("track-open", old.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
     assert client.get(url("track-click", "nosuchlink", "click")).status_code == 404
-    assert client.get(url("track-click", offer_link(old_offers[0]).token, "click")).status_code == 404
+    assert client.get(offer_url(old_offers[0])).status_code == 404
     assert _queued(buffered) == 4
     assert tracking_flush.delay().get() == 0
     assert not Event.objects.exists() and _queued(buffered) == 0
@@ -131,16 +156,15 @@ def test_machine_traffic_is_flagged_and_moves_no_first_touch(client, buffered):
     message, offers = sent_message()
     soon, soon_offers = sent_message(email="soon@example.com", sent_ago=dt.timedelta(seconds=1))
     pixel = url("track-open", message.token, "open")
-    click = url("track-click", offer_link(offers[0]).token, "click")
-    honeypot = TrackedLink.objects.get(message=message, is_honeypot=True)
+    click = offer_url(offers[0])
     client.get(pixel, HTTP_USER_AGENT="Mozilla/5.0")
     client.get(pixel, HTTP_USER_AGENT=HUMAN_UA, REMOTE_ADDR="17.58.100.1")
     client.get(pixel, HTTP_USER_AGENT="Mozilla/5.0 (via ggpht.com GoogleImageProxy)")
     client.head(pixel, HTTP_USER_AGENT=HUMAN_UA)
     client.head(click, HTTP_USER_AGENT=HUMAN_UA)
     client.get(click, HTTP_USER_AGENT="Mozilla/5.0 (compatible; Barracuda Sentinel)")
-    client.get(url("track-click", honeypot.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
-    client.get(url("track-click", offer_link(soon_offers[0]).token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    client.get(honeypot_url(message), HTTP_USER_AGENT=HUMAN_UA)
+    client.get(offer_url(soon_offers[0]), HTTP_USER_AGENT=HUMAN_UA)
     assert tracking_flush.delay().get() == 8
     reasons = sorted(Event.objects.values_list("kind", "machine_reason"))
     assert reasons == [
@@ -187,7 +211,7 @@ def test_flush_drains_in_chunks(client, buffered):
     message, offers = sent_message()
     for _ in range(5):
         client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
-        client.get(url("track-click", offer_link(offers[1]).token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+        client.get(offer_url(offers[1]), HTTP_USER_AGENT=HUMAN_UA)
     assert tracking_buffer.tracking_buffer_flush(chunk=3, max_chunks=2) == 6
     assert _queued(buffered) == 4
     assert tracking_buffer.tracking_buffer_flush(chunk=3) == 4
@@ -212,7 +236,7 @@ def test_unreachable_or_unset_redis_records_directly(client, settings):
     settings.TRACKING_BUFFER = True
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
-    response = client.get(url("track-click", offer_link(offers[0]).token, "click"), HTTP_USER_AGENT=HUMAN_UA)
+    response = client.get(offer_url(offers[0]), HTTP_USER_AGENT=HUMAN_UA)
     assert response.status_code == 302
     settings.REDIS_URL = ""
     client.get(url("track-open", message.token, "open"), HTTP_USER_AGENT=HUMAN_UA)
@@ -345,15 +369,14 @@ def test_a_failing_link_cache_does_not_count_a_click_twice(client, buffered, mon
     import redis
 
     message, offers = sent_message()
-    link = offer_link(offers[0])
 
     def broken(*args, **kwargs):
         raise redis.ConnectionError("cache down")
 
     monkeypatch.setattr(buffered, "get", broken)
     monkeypatch.setattr(buffered, "set", broken)
-    response = client.get(url("track-click", link.token, "click"), HTTP_USER_AGENT=HUMAN_UA)
-    assert response.status_code == 302 and response["Location"] == link.url
+    response = client.get(offer_url(offers[0]), HTTP_USER_AGENT=HUMAN_UA)
+    assert response.status_code == 302 and response["Location"] == offers[0].url
     assert not Event.objects.exists()  # not recorded directly as well
     assert tracking_flush.delay().get() == 1
 

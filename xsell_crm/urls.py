@@ -12,6 +12,8 @@ urlpatterns = [
     # includes (walking the list and its includes cost a tracked request ~40 µs, bench/README.md).
     path("t/o/<str:token>.gif", tracking.open_pixel, name="track-open"),
     path("t/c/<str:token>", tracking.click, name="track-click"),
+    path("t/p/<str:token>", tracking.offer_click, name="track-offer"),
+    path("t/h/<str:token>", tracking.honeypot_click, name="track-honeypot"),
     path("admin/", admin.site.urls),
     path("esp/", include("anymail.urls")),
     path("", include("campaigns.urls")),

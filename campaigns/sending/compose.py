@@ -1,7 +1,9 @@
 """Compose a claimed message: its offers (scored per chunk), tracked links, rendered parts and headers.
 
-Offers are written in one statement per chunk and links in one per chunk, without model instances or
-reading rows back: at 5,000 messages the ORM objects and round trips cost more than the rendering.
+Offers are written in one statement per chunk and the template's own links in one per chunk, without
+model instances or reading rows back: at 5,000 messages the ORM objects and round trips cost more than
+the rendering. An offer's link and the honeypot are the offer's and the message's own tokens
+(campaigns.events.CLICK_SOURCES): no rows of their own.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ LINK_COLUMNS = ["message_id", "offer_id", "token", "url", "is_honeypot"]
 
 @dataclass(slots=True)
 class OfferDraft:
-    """One offer of a claimed message, with the click link that goes in the email."""
+    """One offer of a claimed message: its click link in the email is its own token, leading to url."""
 
     message_id: int
     rank: int
@@ -39,9 +41,9 @@ class OfferDraft:
     reason: str
     model_version_id: int | None
     token: str
-    link_token: str
-    url: str  # the product page the click link leads to
+    url: str  # the product page (with the campaign's UTM parameters) the click link leads to
     pk: int | None = None  # set once stored
+    url_stored: bool = False  # an offer stored before its URL was kept has url = '' in its row
 
 
 def with_utm(url: str, campaign: Campaign) -> str:
@@ -78,7 +80,7 @@ def offers_pick(
     k = campaign.offers_per_email
     rows = list(
         Offer.objects.filter(message_id__any=[m.pk for m in messages if m.attempts > 1]).values_list(
-            "message_id", "product_id", "rank", "score", "reason", "model_version_id", "token", "pk"
+            "message_id", "product_id", "rank", "score", "reason", "model_version_id", "token", "pk", "url"
         )
     )
     kept = {row[0] for row in rows}
@@ -92,14 +94,24 @@ def offers_pick(
         products=products,
     )
     rows += [
-        (m.pk, int(r.product_id), rank, float(r.score), r.reason[:300], r.model_version_id, new_token(), None)
+        (
+            m.pk,
+            int(r.product_id),
+            rank,
+            float(r.score),
+            r.reason[:300],
+            r.model_version_id,
+            new_token(),
+            None,
+            "",
+        )
         for m in fresh
         for rank, r in enumerate(_distinct(recs.get(m.customer_id, []))[:k], start=1)
     ]
     offered = products.get(row[1] for row in rows)
     urls = {pk: with_utm(product_url(p), campaign) for pk, p in offered.items()}
     by_message: dict[int, list[OfferDraft]] = {}
-    for message_id, product_id, rank, score, reason, version, token, pk in sorted(
+    for message_id, product_id, rank, score, reason, version, token, pk, url in sorted(
         rows, key=lambda r: (r[0], r[2])
     ):
         by_message.setdefault(message_id, []).append(
@@ -111,9 +123,9 @@ def offers_pick(
                 reason=reason,
                 model_version_id=version,
                 token=token,
-                link_token=new_token(),
-                url=urls[product_id],
+                url=url or urls[product_id],
                 pk=pk,
+                url_stored=bool(url),
             )
         )
     return by_message
@@ -130,20 +142,37 @@ def _distinct(recs: list) -> list:
     return kept
 
 
-def offers_save(offers: dict[int, list[OfferDraft]]) -> list[tuple]:
-    """Store the offers picked for a chunk (one statement) and return the rows of their click links."""
-    new = [o for drafts in offers.values() for o in drafts if o.pk is None]
+def offers_save(offers: dict[int, list[OfferDraft]]) -> None:
+    """Store the offers picked for a chunk (one statement), with the URLs their links lead to."""
+    drafts = [o for chunk in offers.values() for o in chunk]
+    new = [o for o in drafts if o.pk is None]
     stored = _offers_insert(
-        [(o.message_id, o.product["id"], o.rank, o.score, o.reason, o.model_version_id, o.token) for o in new]
+        [
+            (o.message_id, o.product["id"], o.rank, o.score, o.reason, o.model_version_id, o.token, o.url)
+            for o in new
+        ]
     )
     for o in new:
         if o.token not in stored:  # the message is claimed by this worker: nobody else stores its offers
             raise RuntimeError(f"offer {o.rank} of message {o.message_id} was already stored")
-        o.pk = stored[o.token]
-    return [(o.message_id, o.pk, o.link_token, o.url, False) for drafts in offers.values() for o in drafts]
+        o.pk, o.url_stored = stored[o.token], True
+    for o in drafts:
+        if not o.url_stored:  # kept from an attempt made before offers kept their URLs: rare, one by one
+            Offer.objects.filter(pk=o.pk, url="").update(url=o.url)
+            o.url_stored = True
 
 
-OFFER_COLUMNS = ["id", "message_id", "product_id", "rank", "score", "reason", "model_version_id", "token"]
+OFFER_COLUMNS = [
+    "id",
+    "message_id",
+    "product_id",
+    "rank",
+    "score",
+    "reason",
+    "model_version_id",
+    "token",
+    "url",
+]
 
 
 def _offers_insert(rows: list[tuple]) -> dict[str, int]:
@@ -179,9 +208,10 @@ def _offers_insert(rows: list[tuple]) -> dict[str, int]:
                 reason=re,
                 model_version_id=v,
                 token=t,
+                url=u,
                 created_at=now,
             )
-            for m, p, r, s, re, v, t in rows
+            for m, p, r, s, re, v, t, u in rows
         ],
         ignore_conflicts=True,
     )
@@ -189,7 +219,8 @@ def _offers_insert(rows: list[tuple]) -> dict[str, int]:
 
 
 def links_store(rows: list[tuple]) -> None:
-    """Store tracked links (rows of LINK_COLUMNS) in one COPY: before any email with them goes out."""
+    """Store the template's own tracked links (rows of LINK_COLUMNS) in one COPY: before any email with
+    them goes out."""
     copy_rows(TrackedLink, LINK_COLUMNS, rows)
 
 
@@ -214,7 +245,7 @@ def _context(message: Message, offers: list[OfferDraft], public_url: PublicUrls)
                 "image_url": o.product["image_url"],
                 "reason": o.reason,
                 "score": round(o.score, 3),
-                "url": public_url("track-click", o.link_token, "click"),
+                "url": public_url("track-offer", o.token, "offer-click"),
                 "accept_url": public_url("accept", o.token, "accept"),
             }
             for o in offers
@@ -294,8 +325,6 @@ def _message_render(
         links.append((message.pk, None, token, url, False))
         return public_url("track-click", token, "click")
 
-    honeypot = new_token()
-    links.append((message.pk, None, honeypot, site, True))
     unsubscribe = public_url("unsubscribe", message.token, "unsubscribe")
     preferences = public_url("preferences", message.token, "preferences")
     context = _context(message, offers, public_url)
@@ -304,7 +333,7 @@ def _message_render(
         "unsubscribe_url": unsubscribe,
         "preferences_url": preferences,
         "pixel_url": public_url("track-open", message.token, "open"),
-        "honeypot_url": public_url("track-click", honeypot, "click"),
+        "honeypot_url": public_url("track-honeypot", message.token, "honeypot"),
     }
     rendered = email_render(
         subject=template.subject,

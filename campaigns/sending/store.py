@@ -77,5 +77,6 @@ class Store:
 
     def _store(self, offers: dict, links: list[tuple], ready: list) -> None:
         with transaction.atomic():  # one commit for both
-            links_store(offers_save(offers) + links)  # before any email with them goes out
+            offers_save(offers)  # before any email with their links goes out
+            links_store(links)
         self.courier.send(ready)
