@@ -337,6 +337,33 @@ def test_smtp_451_then_250_delivers_once_and_550_fails_and_suppresses(world, smt
     assert Customer.objects.get(external_id="R1").suppressed_reason == "bounced"
 
 
+def test_a_retry_sends_the_first_attempts_offers_and_their_links_lead_to_them(world, smtp, client):
+    """Also for an offer stored before offers kept their URLs (a retry across that upgrade)."""
+    import re
+
+    from campaigns.sending import product_url, with_utm
+
+    smtp.script["r0@example.com"].append("451 4.3.0 try again later")
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    _send_all(c)
+    first = Message.objects.get(campaign=c, customer__external_id="R0")
+    offers = list(Offer.objects.filter(message=first).order_by("rank").values_list("pk", "token", "url"))
+    assert first.status == "planned" and len(offers) >= 2 and all(url for _, _, url in offers)
+    Offer.objects.filter(pk=offers[0][0]).update(url="")  # as an offer of a release before 0014
+    _send_all(c)
+    assert (
+        list(Offer.objects.filter(message=first).order_by("rank").values_list("pk", "token", "url")) == offers
+    )
+    html = _html(smtp.to("r0@example.com")[0])
+    links = re.findall(r'href="[^"]*(/t/p/[^"]+)"', html)
+    assert len(links) == len(offers)
+    for path, (pk, _, url) in zip(links, offers, strict=True):
+        response = client.get(path, HTTP_USER_AGENT="Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0")
+        assert (response.status_code, response["Location"]) == (302, url)
+        assert url == with_utm(product_url(Offer.objects.get(pk=pk).product), c)
+
+
 def test_no_offer_above_minimum_score_is_skipped_not_sent_empty(world, smtp):
     c = campaign(template=world["template"], segment=world["segment"], min_offer_score=1.01)
     call_command("run_campaign", c.name, verbosity=0)

@@ -628,7 +628,7 @@ class FrequencyPolicyAdmin(admin.ModelAdmin):
 class OfferInline(admin.TabularInline):
     model = Offer
     extra = 0
-    fields = ("rank", "product", "score", "reason", "model_version")
+    fields = ("rank", "product", "score", "reason", "url", "model_version")
     readonly_fields = fields
     can_delete = False
 
