@@ -5,9 +5,9 @@
         [--buffer [--redis redis://127.0.0.1:6379/14]]
 
 Recreates the database xsell_bench_tracking, migrates it, creates --messages sent messages with one
-tracked link each, starts gunicorn (sync workers, DEBUG off) on 127.0.0.1, and drives it with wrk (a
-second process, loopback) for --seconds per endpoint, each request picking a random message's token.
-For each of open and click it runs the bare view (same bytes, same middleware, no database) and the
+offer each (the click measured is the offer's link, its own token), starts gunicorn (sync workers, DEBUG
+off) on 127.0.0.1, and drives it with wrk (a second process, loopback) for --seconds per endpoint, each
+request picking a random message's token. For each of open and click it runs the bare view (same bytes, same middleware, no database) and the
 real view in the same run, and prints req/s, their ratio, p50/p99 latency, errors (socket errors and
 non-2xx/3xx answers) and events recorded versus requests counted by wrk (wrk does not count requests
 still in flight when it stops, so the server may record up to --connections more per run). With
@@ -66,15 +66,15 @@ def database_recreate(*, server: str) -> str:
 
 
 def fixtures_create(*, messages: int) -> tuple[list[str], list[str]]:
-    """Sent messages, one offer link each: (pixel paths, click paths)."""
+    """Sent messages, one offer each: (pixel paths, click paths of the offers' links)."""
     import datetime as dt
 
     from django.urls import reverse
     from django.utils import timezone
 
-    from campaigns.models import Campaign, EmailTemplate, Message, TrackedLink
+    from campaigns.models import Campaign, EmailTemplate, Message, Offer
     from campaigns.tokens import purpose_token
-    from customers.models import Customer
+    from customers.models import Customer, Product
 
     now = timezone.now()
     Customer.objects.bulk_create(
@@ -92,11 +92,17 @@ def fixtures_create(*, messages: int) -> tuple[list[str], list[str]]:
         ]
     )
     sent = list(Message.objects.all())
-    TrackedLink.objects.bulk_create([TrackedLink(message=m, url="https://shop.example/p/1") for m in sent])
+    product = Product.objects.create(sku="P1", name="Case", product_url="https://shop.example/p/1")
+    Offer.objects.bulk_create(
+        [
+            Offer(message=m, product=product, rank=1, score=0.5, reason="r", url="https://shop.example/p/1")
+            for m in sent
+        ]
+    )
     pixels = [reverse("track-open", kwargs={"token": purpose_token(m.token, "open")}) for m in sent]
     clicks = [
-        reverse("track-click", kwargs={"token": purpose_token(t, "click")})
-        for t in TrackedLink.objects.values_list("token", flat=True)
+        reverse("track-offer", kwargs={"token": purpose_token(t, "offer-click")})
+        for t in Offer.objects.values_list("token", flat=True)
     ]
     return pixels, clicks
 

@@ -392,7 +392,8 @@ class Offer(models.Model):
     # Where the email's link to the product leads (its page with the campaign's UTM parameters, as sent):
     # the click on the offer's own token goes there, with no tracked-link row of its own. Empty on
     # offers sent before it was kept, whose clicks go through their TrackedLink.
-    url = models.URLField(max_length=2000, blank=True, default="")
+    # A database default too: code of the release before keeps writing offers while this one deploys.
+    url = models.URLField(max_length=2000, blank=True, default="", db_default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -2,10 +2,11 @@
 
 Every link carries "<row token>.<hmac of its purpose>" (campaigns.tokens): a tampered, unknown or
 wrong-purpose token is a 404 before any database work, and the pixel answers the same image whatever
-its token. Clicks redirect only to the URL stored for that link or offer (the honeypot's: to the site). GET and HEAD never change a customer's
-state: accepting and unsubscribing are POSTs behind a confirmation page, except RFC 8058's one-click
-POST, which needs no cookie or CSRF token and answers 200. Open, click and accept links expire
-TRACKING_TOKEN_DAYS (365) after sending; unsubscribe and preference links never do.
+its token. Clicks redirect only to the URL stored for that link or offer (the honeypot's: to the site).
+GET and HEAD never change a customer's state: accepting and unsubscribing are POSTs behind a
+confirmation page, except RFC 8058's one-click POST, which needs no cookie or CSRF token and answers 200.
+Open, click and accept links expire TRACKING_TOKEN_DAYS (365) after sending; unsubscribe and preference
+links never do.
 
 The pixel and the click are hot paths: on PostgreSQL one statement each (campaigns.events), which also
 keeps the message's first-touch columns (opened_at, clicked_at) that reports count. With
@@ -142,25 +143,29 @@ CLICK_ROUTES = {
 }
 
 
-def _click_view(route: str):
+def _click_redirect(request, token: str, route: str) -> HttpResponse:
     purpose, source = CLICK_ROUTES[route]
-
-    @require_safe
-    def view(request, token):
-        now = timezone.now()
-        row_token = purpose_token_check(token, purpose)
-        url = _click(source, row_token, request, now) if row_token else None
-        if url is None:
-            raise Http404("unknown link")
-        # Only the stored URL, never anything from the request.
-        return _private(HttpResponseRedirect(url))
-
-    return view
+    row_token = purpose_token_check(token, purpose)
+    url = _click(source, row_token, request, timezone.now()) if row_token else None
+    if url is None:
+        raise Http404("unknown link")
+    # Only the stored URL, never anything from the request.
+    return _private(HttpResponseRedirect(url))
 
 
-click = _click_view("track-click")
-offer_click = _click_view("track-offer")
-honeypot_click = _click_view("track-honeypot")
+@require_safe
+def click(request, token):
+    return _click_redirect(request, token, "track-click")
+
+
+@require_safe
+def offer_click(request, token):
+    return _click_redirect(request, token, "track-offer")
+
+
+@require_safe
+def honeypot_click(request, token):
+    return _click_redirect(request, token, "track-honeypot")
 
 
 def _click(source: str, token: str, request, now: dt.datetime) -> str | None:
@@ -263,7 +268,9 @@ def accept(request, token):
             )
     except IntegrityError:
         pass
-    return _private(HttpResponseRedirect(with_utm(product_url(offer.product), offer.message.campaign)))
+    # Where the offer's link in the email led (stored with it); offers sent before 0014: the product's now.
+    url = offer.url or with_utm(product_url(offer.product), offer.message.campaign)
+    return _private(HttpResponseRedirect(url))
 
 
 # ---------------------------------------------------------------------------------------- unsubscribe

@@ -304,7 +304,8 @@ _LINK = "SELECT l.url, COALESCE(m.sent_at, m.created_at) FROM {targets} WHERE l.
 _LINKS = {source: _LINK.replace("{targets}", click_from(source)) for source in CLICK_SOURCES}
 
 
-# Links are written once when their message is composed and never edited, so a process may keep them.
+# A link's URL is written before its email goes out and never changed after, so a process may keep it
+# (only a lookup that found the row is kept: an offer's URL filled in on a retry was never found empty).
 _links: dict[str, tuple[int, str]] = {}
 # Per process (URLs of up to 2,000 characters); the dict is emptied when full (a miss costs one Redis
 # round trip).

@@ -12,10 +12,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from campaigns.models import Campaign, EmailTemplate, Event, Message, Offer, TrackedLink
+from campaigns.sending import with_utm
 from campaigns.tokens import purpose_token
 from campaigns.tracking import PIXEL
 from customers.models import Customer, Product
 
+UTM = "ref=mail&utm_source=xsell&utm_medium=email&utm_campaign=spring"
 HUMAN_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 
 
@@ -55,7 +57,7 @@ def sent_message(*, email="ann@example.com", sent_ago=dt.timedelta(hours=2), sta
                 rank=rank,
                 score=0.5,
                 reason="Goes well",
-                url=f"https://shop.example/p/{rank}",
+                url=with_utm(product.product_url, campaign),  # as a send stores it
             )
             offers.append(offer)
     TrackedLink.objects.create(message=message, url="https://shop.example/help")
@@ -137,7 +139,7 @@ def test_click_redirects_to_the_stored_url_only(client, message):
     msg, offers = message
     response = client.get(offer_url(offers[0]), HTTP_USER_AGENT=HUMAN_UA)
     assert response.status_code == 302
-    assert response["Location"] == "https://shop.example/p/1"
+    assert response["Location"] == offers[0].url == "https://shop.example/p/1?" + UTM
     event = Event.objects.get()
     assert (event.kind, event.offer_id, event.is_machine) == ("click", offers[0].pk, False)
 
@@ -150,7 +152,7 @@ def test_each_kind_of_link_leads_to_its_own_url_and_records_its_click(client, me
     clicks = [
         (url("track-click", link.token, "click"), "https://shop.example/help", None, ""),
         (url("track-click", old.token, "click"), "https://shop.example/old/2", offers[1].pk, ""),
-        (offer_url(offers[0]), "https://shop.example/p/1", offers[0].pk, ""),
+        (offer_url(offers[0]), offers[0].url, offers[0].pk, ""),
         (honeypot_url(msg), settings.SITE_URL + "/", None, "honeypot link"),
     ]
     for path, location, offer_id, reason in clicks:
@@ -191,7 +193,7 @@ def test_open_redirect_attempts_fail(client, message, suffix):
     path = offer_url(offers[0])
     response = client.get(path + suffix, HTTP_USER_AGENT=HUMAN_UA)
     if response.status_code == 302:  # a query string is ignored: still the stored URL
-        assert response["Location"] == "https://shop.example/p/1"
+        assert response["Location"] == offers[0].url
     else:
         assert response.status_code == 404
     assert "evil" not in response.get("Location", "")
@@ -299,6 +301,8 @@ def test_get_and_head_on_accept_and_unsubscribe_change_nothing(client, message):
 @pytest.mark.django_db
 def test_accept_records_once_and_redirects_with_utm(client, message):
     msg, offers = message
+    # Where the offer's link in the email led, stored with it: not the product's URL as it is now.
+    Product.objects.filter(pk=offers[0].product_id).update(product_url="https://shop.example/moved")
     path = url("accept", offers[0].token)
     for _ in range(3):
         response = client.post(path, HTTP_USER_AGENT=HUMAN_UA)
