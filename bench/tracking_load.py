@@ -58,6 +58,10 @@ end
 """
 
 
+# The bare view of each tracked route (bench/tracking_urls.py): the pixel, and a redirect for the clicks.
+BARE = {"/t/o/": "/bare/o/", "/t/c/": "/bare/c/", "/t/p/": "/bare/c/"}
+
+
 def database_recreate(*, server: str) -> str:
     with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
@@ -258,7 +262,7 @@ def main() -> None:
                 + (f", TRACKING_BUFFER=1 (Redis {args.redis})" if args.buffer else "")
             )
             for kind, paths in (("open", pixels), ("click", clicks)):
-                bare_paths = [p.replace("/t/o/", "/bare/o/").replace("/t/c/", "/bare/c/") for p in paths]
+                bare_paths = [BARE[p[:5]] + p[5:] for p in paths]  # a KeyError for a route it does not know
                 random.shuffle(bare_paths)
                 before = Event.objects.filter(kind=kind).count()
                 # In rounds, bare and tracked taking turns, so a drift of the machine's speed (a shared

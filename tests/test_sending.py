@@ -337,33 +337,6 @@ def test_smtp_451_then_250_delivers_once_and_550_fails_and_suppresses(world, smt
     assert Customer.objects.get(external_id="R1").suppressed_reason == "bounced"
 
 
-def test_a_retry_sends_the_first_attempts_offers_and_their_links_lead_to_them(world, smtp, client):
-    """Also for an offer stored before offers kept their URLs (a retry across that upgrade)."""
-    import re
-
-    from campaigns.sending import product_url, with_utm
-
-    smtp.script["r0@example.com"].append("451 4.3.0 try again later")
-    c = campaign(template=world["template"], segment=world["segment"])
-    campaign_start(campaign=c, enqueue=False)
-    _send_all(c)
-    first = Message.objects.get(campaign=c, customer__external_id="R0")
-    offers = list(Offer.objects.filter(message=first).order_by("rank").values_list("pk", "token", "url"))
-    assert first.status == "planned" and len(offers) >= 2 and all(url for _, _, url in offers)
-    Offer.objects.filter(pk=offers[0][0]).update(url="")  # as an offer of a release before 0014
-    _send_all(c)
-    assert (
-        list(Offer.objects.filter(message=first).order_by("rank").values_list("pk", "token", "url")) == offers
-    )
-    html = _html(smtp.to("r0@example.com")[0])
-    links = re.findall(r'href="[^"]*(/t/p/[^"]+)"', html)
-    assert len(links) == len(offers)
-    for path, (pk, _, url) in zip(links, offers, strict=True):
-        response = client.get(path, HTTP_USER_AGENT="Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0")
-        assert (response.status_code, response["Location"]) == (302, url)
-        assert url == with_utm(product_url(Offer.objects.get(pk=pk).product), c)
-
-
 def test_no_offer_above_minimum_score_is_skipped_not_sent_empty(world, smtp):
     c = campaign(template=world["template"], segment=world["segment"], min_offer_score=1.01)
     call_command("run_campaign", c.name, verbosity=0)
@@ -834,18 +807,31 @@ def test_a_refused_connection_leaves_every_message_to_retry(world, smtp, setting
     "stored_by",
     ["caller", pytest.param("store thread", marks=pytest.mark.django_db(transaction=True))],
 )
-def test_a_retried_message_keeps_the_offers_of_its_first_attempt(world, smtp, stored_by):
+def test_a_retried_message_keeps_the_offers_of_its_first_attempt(world, smtp, stored_by, client):
+    """And their links lead to them: also an offer stored before offers kept their URLs (a retry across
+    that upgrade), whose URL the retry stores."""
+    import re
+
+    from campaigns.sending import product_url, with_utm
+
     smtp.script["r0@example.com"].append("451 4.3.0 try again later")
     c = campaign(template=world["template"], segment=world["segment"])
     campaign_start(campaign=c, enqueue=False)
     _send_all(c)
     m = Message.objects.get(campaign=c, customer__external_id="R0")
-    first = list(Offer.objects.filter(message=m).order_by("rank").values_list("pk", "token"))
-    assert m.status == "planned" and first
+    first = list(Offer.objects.filter(message=m).order_by("rank").values_list("pk", "token", "url"))
+    assert m.status == "planned" and len(first) >= 2 and all(url for _, _, url in first)
+    Offer.objects.filter(pk=first[0][0]).update(url="")  # as an offer of a release before 0014
     _send_all(c)
-    assert list(Offer.objects.filter(message=m).order_by("rank").values_list("pk", "token")) == first
+    assert list(Offer.objects.filter(message=m).order_by("rank").values_list("pk", "token", "url")) == first
     html = _html(smtp.to("r0@example.com")[0])
-    assert all(token in html for _, token in first)  # the accept links name the stored offers
+    assert all(token in html for _, token, _ in first)  # the accept links name the stored offers
+    links = re.findall(r'href="[^"]*(/t/p/[^"]+)"', html)
+    assert len(links) == len(first)
+    for path, (pk, _, url) in zip(links, first, strict=True):
+        response = client.get(path, HTTP_USER_AGENT="Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0")
+        assert (response.status_code, response["Location"]) == (302, url)
+        assert url == with_utm(product_url(Offer.objects.get(pk=pk).product), c)
 
 
 def test_a_batch_is_composed_in_chunks_small_at_both_ends():
