@@ -254,20 +254,33 @@ def accept(request, token):
         return _page(request, "public/offers.html", {"offers": _offer_rows([offer]), "single": True})
     if request.method != "POST":
         return HttpResponseNotAllowed(["GET", "HEAD", "POST"])
-    try:
-        # One acceptance per offer is a partial unique index: a replay or a concurrent POST adds nothing.
-        with transaction.atomic():
-            event_record(
-                kind=Event.Kind.ACCEPT,
-                message_id=offer.message_id,
-                campaign_id=offer.message.campaign_id,
-                customer_id=offer.message.customer_id,
-                offer_id=offer.pk,
-                request=request,
-                occurred_at=now,
-            )
-    except IntegrityError:
-        pass
+    event = {
+        "message_id": offer.message_id,
+        "campaign_id": offer.message.campaign_id,
+        "customer_id": offer.message.customer_id,
+        "offer_id": offer.pk,
+        "request": request,
+        "occurred_at": now,
+    }
+    # A sandbox that submits the forms it finds (a scanner's agent, none, or seconds after delivery) has
+    # not accepted anything: kept as a machine click, which no report, first touch or automation counts.
+    # An acceptance it recorded would also take the offer's only one (the unique index) from the person.
+    reason = click_machine_reason(
+        method=request.method,
+        user_agent=request.META.get("HTTP_USER_AGENT", ""),
+        is_honeypot=False,
+        sent_at=offer.message.sent_at,
+        now=now,
+    )
+    if reason:
+        event_record(kind=Event.Kind.CLICK, machine_reason=reason, meta={"via": "accept form"}, **event)
+    else:
+        try:
+            # One acceptance per offer is a partial unique index: a replay or a concurrent POST adds nothing.
+            with transaction.atomic():
+                event_record(kind=Event.Kind.ACCEPT, **event)
+        except IntegrityError:
+            pass
     # Where the offer's link in the email led (stored with it); offers sent before 0014: the product's now.
     url = offer.url or with_utm(product_url(offer.product), offer.message.campaign)
     return _private(HttpResponseRedirect(url))

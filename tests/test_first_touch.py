@@ -50,7 +50,7 @@ def test_click_sets_clicked_and_opened_then_accept_sets_accepted(client):
     client.get(offer_url(offers[0]), HTTP_USER_AGENT=HUMAN_UA)
     click = Event.objects.get(kind="click", is_machine=False)
     assert _touches(message) == (None, click.occurred_at, click.occurred_at, None)
-    client.post(url("accept", offers[0].token))
+    client.post(url("accept", offers[0].token), HTTP_USER_AGENT=HUMAN_UA)
     accept = Event.objects.get(kind="accept")
     assert _touches(message) == (None, click.occurred_at, click.occurred_at, accept.occurred_at)
     assert accept.campaign_id == click.campaign_id == message.campaign_id

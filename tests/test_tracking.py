@@ -332,6 +332,33 @@ def test_accept_with_wrong_purpose_is_404(client, message):
     assert not Event.objects.exists()
 
 
+@pytest.mark.django_db
+def test_a_machine_submitting_the_accept_form_accepts_nothing_and_leaves_it_to_the_person(client):
+    msg, offers = sent_message()
+    soon, soon_offers = sent_message(email="soon@example.com", sent_ago=dt.timedelta(seconds=1))
+    path = url("accept", offers[0].token)
+    for agent in ("Mozilla/5.0 (compatible; Barracuda Sentinel)", ""):
+        assert client.post(path, HTTP_USER_AGENT=agent).status_code == 302
+    assert client.post(url("accept", soon_offers[0].token), HTTP_USER_AGENT=HUMAN_UA).status_code == 302
+    assert not Event.objects.filter(kind="accept").exists()
+    machine = Event.objects.filter(kind="click", is_machine=True, meta__via="accept form")
+    assert sorted(machine.values_list("offer_id", "machine_reason")) == sorted(
+        [
+            (offers[0].pk, "scanner agent"),
+            (offers[0].pk, "no user agent"),
+            (soon_offers[0].pk, "click too soon after delivery"),
+        ]
+    )
+    for m in (msg, soon):
+        m.refresh_from_db()
+        assert (m.opened_at, m.clicked_at, m.accepted_at) == (None, None, None)
+    assert client.get(path, HTTP_USER_AGENT=HUMAN_UA).status_code == 200  # still an offer to accept
+    client.post(path, HTTP_USER_AGENT=HUMAN_UA)
+    accept = Event.objects.get(kind="accept")
+    msg.refresh_from_db()
+    assert (accept.offer_id, accept.is_machine, msg.accepted_at) == (offers[0].pk, False, accept.occurred_at)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_accepts_record_one_acceptance():
     if connection.vendor != "postgresql":
