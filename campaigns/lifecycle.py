@@ -169,16 +169,24 @@ def campaign_pause(*, campaign: Campaign) -> None:
 
 
 def campaign_resume(*, campaign: Campaign) -> None:
+    """Back to what it was doing when paused: a campaign that was waiting for its time (a one-off not
+    started yet, a recurring one between runs) is scheduled again, the others send on."""
     from .tasks import dispatch
 
-    _set_status(campaign, Campaign.Status.SENDING, (Campaign.Status.PAUSED,))  # first: it may refuse
+    busy = campaign.messages.filter(status__in=(Message.Status.PLANNED, Message.Status.SENDING)).exists()
+    waiting = (campaign.kind == Campaign.Kind.ONE_OFF and campaign.started_at is None) or (
+        campaign.kind == Campaign.Kind.RECURRING and not busy
+    )
+    status = Campaign.Status.SCHEDULED if waiting else Campaign.Status.SENDING
+    _set_status(campaign, status, (Campaign.Status.PAUSED,))  # first: it may refuse
     # The time paused does not count towards giving up on messages the mail server could not take.
     campaign.messages.filter(status=Message.Status.PLANNED, deferred_since__isnull=False).update(
         deferred_since=timezone.now()
     )
     if campaign.kind == Campaign.Kind.RECURRING and campaign.periodic_task_id:
         PeriodicTask.objects.filter(pk=campaign.periodic_task_id).update(enabled=True)
-    transaction.on_commit(lambda: dispatch.delay(campaign_id=campaign.pk))
+    if not waiting:  # a scheduled one starts at its time (dispatch_due, or beat's task)
+        transaction.on_commit(lambda: dispatch.delay(campaign_id=campaign.pk))
 
 
 def campaign_cancel(*, campaign: Campaign) -> int:

@@ -5,7 +5,7 @@ import pytest
 from campaigns.admin.campaigns import CampaignForm
 from campaigns.models import Campaign, FrequencyPolicy
 
-from .campaign_fixtures import shop
+from .campaign_fixtures import campaign, shop
 
 pytestmark = pytest.mark.django_db
 
@@ -195,6 +195,30 @@ def test_editing_a_started_schedule_moves_beats_task_and_keeps_it_paused(admin_c
         "Europe/London",
     )
     assert task.enabled is False  # still paused
+
+
+def test_a_campaign_paused_while_it_waits_for_its_time_is_scheduled_again_when_resumed():
+    """A one-off paused before its time was marked done on resume, planning nothing, and never sent."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from campaigns.lifecycle import campaign_pause, campaign_resume, campaign_start, campaigns_due
+
+    world = shop(recipients=2)
+    later = timezone.now() + dt.timedelta(days=1)
+    one_off = campaign(template=world["template"], segment=world["segment"], send_at=later)
+    weekly = _weekly(world)
+    for c in (one_off, weekly):
+        campaign_start(campaign=c)
+        campaign_pause(campaign=c)
+        campaign_resume(campaign=c)
+        c.refresh_from_db()
+        assert (c.status, c.finished_at, c.messages.count()) == ("scheduled", None, 0), c.name
+    assert weekly.periodic_task.enabled
+    assert campaigns_due(now=later) == [one_off.pk]  # it starts at its time
+    campaign_start(campaign=one_off, now=later, enqueue=False)
+    assert one_off.messages.filter(status="planned").count() == 2
 
 
 def test_resuming_a_cancelled_recurring_campaign_is_refused_and_leaves_its_schedule_off():
