@@ -222,6 +222,7 @@ def test_uplift_small_groups_not_significant(shop):
     assert u["diff"] == pytest.approx(0.05)
     assert (u["low"], u["high"]) == (pytest.approx(0.05 - 1.959964 * se), pytest.approx(0.05 + 1.959964 * se))
     assert u["verdict"] == "not significant yet" and "Wald" in u["method"]
+    assert u["relative"] == pytest.approx(0.05 / 0.25)  # against the holdout's rate
     # Any purchase in the window, both groups alike: O1 60, O2 40, O9 10 for recipients; OH 25 for holdout.
     recipients = [60, 40, 10] + [0] * 7
     holdout = [25, 0, 0, 0]
@@ -232,6 +233,7 @@ def test_uplift_small_groups_not_significant(shop):
     assert m["diff"] == pytest.approx(11 - 6.25)
     assert (m["low"], m["high"]) == (pytest.approx(4.75 - half), pytest.approx(4.75 + half))
     assert m["verdict"] == "not significant yet" and "Welch" in m["method"]
+    assert m["relative"] == pytest.approx(4.75 / 6.25)
 
 
 def test_uplift_significant_with_large_groups():
@@ -276,6 +278,8 @@ def test_report_page_renders_with_charts(shop, admin_client):
     assert '<canvas id="chart-daily"' in html and '<canvas id="chart-funnel"' in html
     assert "vendor/chart.umd.min.js" in html
     assert "not significant yet" in html
+    # A difference of rates is in percentage points (30% against 25%), with the relative change beside it.
+    assert "+5.00 pp (+20% relative)" in html and "4.75 (+76% relative)" in html
     assert "includes simulated demo events" not in html
     listing = admin_client.get(reverse("admin:campaigns_campaign_changelist")).content.decode()
     assert reverse("admin:campaigns_campaign_report", args=[campaign.pk]) in listing

@@ -16,6 +16,22 @@ def pct(value, digits: int = 1) -> str:
 
 
 @register.filter
+def pp(value, digits: int = 2) -> str:
+    """A difference of two rates, in percentage points: 0.0278 → '+2.78 pp'; None → '—'."""
+    if value is None:
+        return "—"
+    return f"{value * 100:+.{digits}f} pp"
+
+
+@register.filter
+def relative(value) -> str:
+    """A difference as a share of the holdout's figure: 0.352 → '(+35% relative)'; None → ''."""
+    if value is None:
+        return ""
+    return f"({value * 100:+.0f}% relative)"
+
+
+@register.filter
 def num(value, digits: int = 2) -> str:
     if value is None:
         return "—"
