@@ -223,6 +223,8 @@ def test_uplift_small_groups_not_significant(shop):
     assert (u["low"], u["high"]) == (pytest.approx(0.05 - 1.959964 * se), pytest.approx(0.05 + 1.959964 * se))
     assert u["verdict"] == "not significant yet" and "Wald" in u["method"]
     assert u["relative"] == pytest.approx(0.05 / 0.25)  # against the holdout's rate
+    assert uplift_proportion(x1=1, n1=10, x2=0, n2=0)["relative"] is None  # no holdout: nothing to compare
+    assert uplift_mean(s1=1.0, ss1=1.0, n1=1, s2=0.0, ss2=0.0, n2=0)["relative"] is None
     # Any purchase in the window, both groups alike: O1 60, O2 40, O9 10 for recipients; OH 25 for holdout.
     recipients = [60, 40, 10] + [0] * 7
     holdout = [25, 0, 0, 0]
@@ -280,6 +282,9 @@ def test_report_page_renders_with_charts(shop, admin_client):
     assert "not significant yet" in html
     # A difference of rates is in percentage points (30% against 25%), with the relative change beside it.
     assert "+5.00 pp (+20% relative)" in html and "4.75 (+76% relative)" in html
+    empty = Campaign.objects.create(name="Nobody yet", template=campaign.template, segment=campaign.segment)
+    response = admin_client.get(reverse("admin:campaigns_campaign_report", args=[empty.pk]))
+    assert response.status_code == 200  # no holdout, no recipients: no uplift to show, and no error
     assert "includes simulated demo events" not in html
     listing = admin_client.get(reverse("admin:campaigns_campaign_changelist")).content.decode()
     assert reverse("admin:campaigns_campaign_report", args=[campaign.pk]) in listing

@@ -19,6 +19,7 @@ def uplift_proportion(*, x1: int, n1: int, x2: int, n2: int) -> dict:
         return {
             **result,
             "diff": None,
+            "relative": None,
             "low": None,
             "high": None,
             "significant": False,
@@ -39,6 +40,7 @@ def uplift_mean(*, s1: float, ss1: float, n1: int, s2: float, ss2: float, n2: in
         return {
             **result,
             "diff": None,
+            "relative": None,
             "low": None,
             "high": None,
             "significant": False,

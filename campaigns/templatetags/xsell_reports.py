@@ -25,8 +25,9 @@ def pp(value, digits: int = 2) -> str:
 
 @register.filter
 def relative(value) -> str:
-    """A difference as a share of the holdout's figure: 0.352 → '(+35% relative)'; None → ''."""
-    if value is None:
+    """A difference as a share of the holdout's figure: 0.352 → '(+35% relative)'; '' when there is none
+    (the holdout's figure is 0, or a group is empty)."""
+    if not isinstance(value, int | float):
         return ""
     return f"({value * 100:+.0f}% relative)"
 
