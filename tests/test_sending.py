@@ -93,6 +93,56 @@ def test_running_twice_and_duplicate_task_delivery_send_once(world, smtp):
     assert Message.objects.filter(campaign=c, skip_reason="suppressed").count() == 30
 
 
+def test_the_database_keeps_one_message_per_customer_per_run_and_per_triggering_order(world):
+    """The invariant, in the database itself: planning twice (a task redelivered, two ticks) cannot add a
+    second message, whatever the code that plans."""
+    from django.db import IntegrityError, transaction
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    first = Message.objects.filter(campaign=c).first()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Message.objects.create(campaign=c, customer=first.customer, run=first.run)
+    order = Order.objects.filter(customer=first.customer).first()
+    Message.objects.create(campaign=c, customer=first.customer, trigger_order=order)  # its own occasion
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Message.objects.create(campaign=c, customer=first.customer, trigger_order=order)
+    assert Message.objects.filter(campaign=c, customer=first.customer).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_delivered_to_four_workers_at_once_sends_each_email_once(smtp):
+    """The claim locks its rows (SKIP LOCKED): a task the broker delivers to several workers at the same
+    time sends each message once; the copies find them claimed."""
+    import threading
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's in-memory test database locks a second connection out of a write transaction")
+    world = shop(recipients=40)
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    [ids] = campaign_batches(campaign=c)
+    barrier, results = threading.Barrier(4), []
+
+    def deliver():
+        try:
+            barrier.wait()
+            results.append(messages_send(message_ids=ids))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 4 and sum(r["claimed"] for r in results) == sum(r["sent"] for r in results) == 40
+    assert smtp.count_by_recipient() == {p.email: 1 for p in world["recipients"]}
+    assert Message.objects.filter(pk__in=ids, status="sent").count() == 40
+
+
 def test_two_beat_ticks_for_the_same_slot_plan_one_run(world, smtp):
     c = _recurring(world, "0 9 * * 1")  # the model's default schedule
     now = timezone.now()
