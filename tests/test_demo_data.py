@@ -274,6 +274,19 @@ def test_the_demo_setup_dates_nothing_in_the_future(capsys):
             if named_day not in days.get(offer.message.customer_id, set()):
                 stale.append(offer.reason)
     assert named > 0 and not stale, stale[:3]
+    # The stored offers the next campaign sends from were scored after the demo's orders moved and its
+    # recipients bought: their reasons name days of the customers' orders too.
+    from campaigns.models import StoredOffers
+
+    stored = [
+        (customer, reason)
+        for customer, offers in StoredOffers.objects.values_list("customer_id", "offers")
+        for _, _, reason in offers
+    ]
+    named_days = [
+        (c, d) for c, reason in stored for d in re.findall(r" on (\d{1,2} [A-Z][a-z]+(?: \d{4})?)", reason)
+    ]
+    assert named_days and all(d in days.get(c, set()) for c, d in named_days)
     from campaigns.reports.queries import window_orders
 
     # Simulated orders of more than one product now and then: the demo's cross-sell ratio is not 0.

@@ -29,6 +29,9 @@ class Command(BaseCommand):
             demo_send_backdate(campaign=campaign)  # so that its simulated month has already happened
             counts = demo_events_simulate(campaign=campaign)
             self.stdout.write(f"simulated recipients' behaviour: {counts}")
+            # The stored offers were scored before the demo's orders moved back and its recipients bought:
+            # the next campaign a marketer sends would offer what they bought since, on dates now wrong.
+            call_command("refresh_offers", verbosity=0)
         user_model = get_user_model()
         password = secrets.token_urlsafe(9)
         user, _ = user_model.objects.get_or_create(
