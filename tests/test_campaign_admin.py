@@ -221,6 +221,26 @@ def test_a_campaign_paused_while_it_waits_for_its_time_is_scheduled_again_when_r
     assert one_off.messages.filter(status="planned").count() == 2
 
 
+def test_cancel_asks_first_and_says_what_each_campaign_would_skip(admin_client):
+    from django.urls import reverse
+
+    from campaigns.lifecycle import campaign_start
+
+    world = shop(recipients=3)
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    changelist = reverse("admin:campaigns_campaign_changelist")
+    page = admin_client.post(changelist, {"action": "cancel", "_selected_action": [c.pk]})
+    text = page.content.decode()
+    assert page.status_code == 200 and "3 planned messages would be skipped" in text
+    assert "Yes, cancel 1 campaign" in text and 'name="confirm" value="yes"' in text
+    c.refresh_from_db()
+    assert c.status == "sending"  # nothing changed yet
+    admin_client.post(changelist, {"action": "cancel", "_selected_action": [c.pk], "confirm": "yes"})
+    c.refresh_from_db()
+    assert c.status == "cancelled" and c.messages.filter(skip_reason="cancelled").count() == 3
+
+
 def test_resuming_a_cancelled_recurring_campaign_is_refused_and_leaves_its_schedule_off():
     from campaigns.lifecycle import CampaignStateError, campaign_cancel, campaign_resume, campaign_start
 

@@ -1307,6 +1307,13 @@ def test_starting_from_the_admin_shows_a_dry_run_and_sends_only_when_confirmed(w
     assert "Would be emailed" in text and "r0@example.com" in text and "Yes, start sending" in text
     assert "only a draft can be started" in text
     assert f"Starts: <strong>{c.name}</strong>." in text
+    assert "Nobody would be emailed now" not in text
+    consenting = Customer.objects.filter(marketing_consent=True)
+    ids = list(consenting.values_list("pk", flat=True))
+    consenting.update(marketing_consent=False)  # nobody left to mail: said before starting
+    empty = admin_client.post(changelist, {"action": "start", "_selected_action": [c.pk]}).content.decode()
+    assert "Nobody would be emailed now: starting it sends nothing" in empty
+    Customer.objects.filter(pk__in=ids).update(marketing_consent=True)
     c.refresh_from_db()
     assert c.status == Campaign.Status.DRAFT and not c.messages.exists()  # a dry run only
     confirm = {"action": "start", "_selected_action": [c.pk], "confirm": "yes"}

@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import EmailMultiAlternatives
-from django.db.models import Count, Min
+from django.db.models import Count, Min, Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -609,7 +609,21 @@ class CampaignAdmin(CampaignReportMixin, admin.ModelAdmin):
 
     @admin.action(description="Cancel (planned messages are skipped)")
     def cancel(self, request, queryset):
-        self._act(request, queryset, campaign_cancel, "cancelled")
+        """For good, so after a confirmation page that says what each campaign would skip."""
+        if not request.user.has_perm("campaigns.send_campaign"):
+            raise PermissionDenied
+        if request.POST.get("confirm") == "yes":
+            self._act(request, queryset, campaign_cancel, "cancelled")
+            return None
+        planned = Count("messages", filter=Q(messages__status=Message.Status.PLANNED))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Cancel campaigns?",
+            "campaigns": [(c, c.planned) for c in queryset.annotate(planned=planned).order_by("pk")],
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/campaigns/campaign/cancel_confirmation.html", context)
 
 
 @admin.register(FrequencyPolicy)
