@@ -320,6 +320,13 @@ def test_overview_on_admin_index(shop, admin_client):
     assert "Last 90 days across campaigns" in html
     assert '<canvas id="chart-daily"' in html
     assert "Autumn" in html
+    # Kept a few minutes; "recompute now" shows what happened since.
+    template, segment = Campaign.objects.values_list("template", "segment").first()
+    later = Campaign.objects.create(name="Winter", template_id=template, segment_id=segment)
+    Message.objects.filter(pk=Message.objects.first().pk).update(campaign=later)
+    assert "Winter" not in admin_client.get(reverse("admin:index")).content.decode()
+    assert 'href="?refresh=1">recompute now' in html
+    assert "Winter" in admin_client.get(reverse("admin:index") + "?refresh=1").content.decode()
 
 
 def test_customer_story(shop):
