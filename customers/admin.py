@@ -1,4 +1,5 @@
 import secrets
+from pathlib import Path
 
 from django import forms
 from django.conf import settings
@@ -9,6 +10,8 @@ from django.db.models import Q
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from .admin_utils import EstimatedCountPaginator
 from .importing import product_stats_refresh
@@ -184,21 +187,48 @@ class UploadForm(forms.Form):
 
 @admin.register(ImportRun)
 class ImportRunAdmin(admin.ModelAdmin):
-    list_display = ("filename", "kind", "status", "rows_read", "started_at", "finished_at")
+    list_display = ("filename", "kind", "status", "rows_read", "problem", "started_at", "finished_at")
     list_filter = ("status",)
     readonly_fields = (
         "kind",
         "filename",
         "status",
         "rows_read",
-        "summary",
-        "errors",
+        "summary_display",
+        "errors_display",
         "started_at",
         "finished_at",
     )
+    fields = readonly_fields
 
     def has_add_permission(self, request):
         return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the record of an import: shown, never edited (no Save buttons)
+
+    @admin.display(description="problem")
+    def problem(self, run: ImportRun) -> str:
+        """Why a run failed, in the list itself: its first error (file, line, column, reason)."""
+        if not run.errors:
+            return ""
+        more = len(run.errors) - 1
+        return run.errors[0][:300] + (f" (and {more} more)" if more else "")
+
+    @admin.display(description="summary")
+    def summary_display(self, run: ImportRun):
+        rows = []
+        for key, value in run.summary.items():
+            if key == "files":  # where the upload was stored on the server: its name is what matters
+                value = ", ".join(f"{kind}: {Path(stored).name}" for kind, stored in value.items())
+            rows.append((key.replace("_", " "), value))
+        return format_html_join(mark_safe("<br>"), "{}: {}", rows) or "—"
+
+    @admin.display(description="errors")
+    def errors_display(self, run: ImportRun):
+        if not run.errors:
+            return "—"
+        return format_html("<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((e,) for e in run.errors)))
 
     def get_urls(self):
         return [

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
@@ -358,8 +359,12 @@ def test_uploading_an_invalid_file_writes_nothing(admin_client, uploads, django_
     assert run.summary["invalid"] == 1
     assert run.errors == ["bad.csv, line 3, column ordered_at: 'not a date' is not an ISO 8601 date-time"]
     assert Order.objects.count() == Customer.objects.count() == 0
-    listing = admin_client.get(reverse("admin:customers_importrun_changelist"))
-    assert "Failed (nothing written)" in listing.content.decode()
+    listing = admin_client.get(reverse("admin:customers_importrun_changelist")).content.decode()
+    assert "Failed (nothing written)" in listing
+    assert "bad.csv, line 3, column ordered_at: &#x27;not a date&#x27; is not an ISO 8601" in listing  # why
+    page = admin_client.get(reverse("admin:customers_importrun_change", args=[run.pk])).content.decode()
+    assert "<li>bad.csv, line 3, column ordered_at:" in page and 'name="_save"' not in page
+    assert "orders: bad.csv" in page and str(settings.MEDIA_ROOT) not in page  # not where it was stored
 
 
 def test_an_upload_that_fails_unexpectedly_is_marked_failed(
