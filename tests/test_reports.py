@@ -270,6 +270,16 @@ def test_daily_series(shop):
     i = daily["days"].index(day1)
     assert (daily["opens"][i], daily["clicks"][i], daily["accepts"][i]) == (5, 3, 2)  # first by people
     assert sum(daily["conversions"]) == 3
+    # Every day between the first and the last, those with nothing at 0: the chart's axis is a list.
+    from campaigns.reports.service import daily_series
+
+    gap = daily_series(
+        messages={"sent_by_day": {"2026-01-10": 4}},
+        events={"opens_by_day": {"2026-01-13": 1}, "clicks_by_day": {}, "accepts_by_day": {}},
+        conversions={"conversions_by_day": {}},
+    )
+    assert gap["days"] == ["2026-01-10", "2026-01-11", "2026-01-12", "2026-01-13"]
+    assert (gap["sent"], gap["opens"]) == ([4, 0, 0, 0], [0, 0, 0, 1])
 
 
 def test_report_page_renders_with_charts(shop, admin_client):

@@ -66,8 +66,17 @@ def daily_series(*, messages: dict, events: dict, conversions: dict) -> dict:
         "accepts": events["accepts_by_day"],
         "conversions": conversions["conversions_by_day"],
     }
-    days = sorted(set().union(*series.values()))
+    days = _every_day(set().union(*series.values()))
     return {"days": days, **{k: [v.get(d, 0) for d in days] for k, v in series.items()}}
+
+
+def _every_day(days: set[str]) -> list[str]:
+    """Every day (ISO dates) from the first to the last: the chart's axis is a list of labels, so a day
+    with nothing left out would draw the days around it as neighbours, and a gap as a trend."""
+    if not days:
+        return []
+    first, last = dt.date.fromisoformat(min(days)), dt.date.fromisoformat(max(days))
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
 def funnel_rates(counts: dict) -> dict:
