@@ -276,6 +276,21 @@ def test_money_shows_the_same_text_from_its_cache():
         assert _money(1, "") == "1.00"
 
 
+@pytest.mark.django_db
+def test_the_template_page_names_what_a_template_is_given(admin_client):
+    from django.urls import reverse
+
+    page = admin_client.get(reverse("admin:campaigns_emailtemplate_add")).content.decode()
+    for name in (
+        "customer.first_name",
+        ".accept_url",
+        "offer_page_url",
+        "{% if order %}",
+        "|money(offer.currency)",
+    ):
+        assert name in page, name
+
+
 def test_the_template_page_previews_for_a_customer_in_a_form_of_its_own(admin_client, mailoutbox):
     from django.urls import reverse
 

@@ -75,6 +75,21 @@ def _layouts() -> list[tuple[str, str]]:
     ]
 
 
+# What a template is given (campaigns.sending.compose._context; rendering.sample_context for previews).
+TEMPLATE_VARIABLES = (
+    "Jinja, in a sandbox; a name it is not given is an error. Given: "
+    "customer.first_name, .last_name, .full_name, .email, .country; "
+    "offers, a list of up to the campaign's offers per email (at least one), each with .name, .sku, "
+    ".price, .currency, .category, .image_url (may be empty), .reason, .score, .url (the tracked link "
+    "to the product) and .accept_url; "
+    "order, the order that triggered a post-purchase email (.external_id, .placed_at, .total), none in "
+    "other campaigns: guard it with {% if order %}; "
+    "campaign.name; offer_page_url (all the offers on one page); unsubscribe_url and preferences_url "
+    "(the layout's footer has them too). "
+    "Prices: {{ offer.price|money(offer.currency) }}. Other http(s) links in the body are tracked as clicks."
+)
+
+
 class EmailTemplateForm(forms.ModelForm):
     layout = forms.ChoiceField(choices=_layouts, help_text="A shared layout from templates/email/.")
 
@@ -84,6 +99,10 @@ class EmailTemplateForm(forms.ModelForm):
         widgets = {
             "html": forms.Textarea(attrs={"rows": 18, "cols": 100, "style": "font-family: monospace"}),
             "text": forms.Textarea(attrs={"rows": 10, "cols": 100, "style": "font-family: monospace"}),
+        }
+        help_texts = {
+            "html": TEMPLATE_VARIABLES,
+            "text": "The plain-text part: the same variables, not escaped.",
         }
 
     def clean(self):
