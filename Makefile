@@ -25,6 +25,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	DATABASE_URL= $(PY) manage.py makemigrations --check --dry-run  # models and migrations agree
 
 test: install lint
 	$(VENV)/bin/pytest

@@ -143,6 +143,34 @@ def test_a_batch_delivered_to_four_workers_at_once_sends_each_email_once(smtp):
     assert Message.objects.filter(pk__in=ids, status="sent").count() == 40
 
 
+def test_a_4xx_retry_waits_twice_as_long_each_time_with_jitter_and_fails_after_the_last(settings):
+    import datetime as dt
+
+    from campaigns.sending.deliver import retry_fields
+
+    settings.SEND_RETRY_BASE_SECONDS, settings.SEND_MAX_ATTEMPTS = 60, 4
+    now = timezone.now()
+    for attempts, base in ((1, 60), (2, 120), (3, 240)):
+        waits = {(retry_fields(attempts, now)["send_after"] - now).total_seconds() for _ in range(200)}
+        assert base * 0.5 <= min(waits) and max(waits) <= base * 1.5, attempts  # jitter: ±50%
+        assert len(waits) > 150 and max(waits) - min(waits) > base * 0.5  # spread, not one value
+    assert retry_fields(4, now) == {"status": "failed"}
+    assert retry_fields(1, now)["send_after"] > now + dt.timedelta(seconds=29)
+
+
+def test_a_paused_campaign_claims_nothing_until_resumed(world, smtp):
+    from campaigns.lifecycle import campaign_pause, campaign_resume
+
+    c = campaign(template=world["template"], segment=world["segment"])
+    campaign_start(campaign=c, enqueue=False)
+    ids = list(c.messages.filter(status="planned").values_list("pk", flat=True))
+    campaign_pause(campaign=c)
+    assert messages_send(message_ids=ids)["claimed"] == 0  # a batch queued before the pause sends nothing
+    assert smtp.messages == [] and c.messages.filter(status="planned").count() == len(ids)
+    campaign_resume(campaign=c)
+    assert messages_send(message_ids=ids)["sent"] == len(ids)
+
+
 def test_two_beat_ticks_for_the_same_slot_plan_one_run(world, smtp):
     c = _recurring(world, "0 9 * * 1")  # the model's default schedule
     now = timezone.now()
