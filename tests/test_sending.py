@@ -171,6 +171,31 @@ def test_a_paused_campaign_claims_nothing_until_resumed(world, smtp):
     assert messages_send(message_ids=ids)["sent"] == len(ids)
 
 
+def test_run_campaign_says_when_a_scheduled_campaign_runs_and_now_sends_it(world, smtp):
+    import datetime as dt
+
+    later = campaign(
+        template=world["template"],
+        segment=world["segment"],
+        name="Later",
+        send_at=timezone.now() + dt.timedelta(days=2),
+    )
+    with pytest.raises(CommandError, match=r"is scheduled for .*; --now sends it now"):
+        call_command("run_campaign", later.name, verbosity=0)
+    assert smtp.messages == []
+    call_command("run_campaign", later.name, "--now", verbosity=0)
+    assert len(smtp.count_by_recipient()) == 6
+    weekly = _recurring(world, "0 9 * * 1")
+    weekly.runs.all().delete()
+    with pytest.raises(CommandError, match=r"runs on its schedule \('0 9 \* \* 1', UTC\); --now runs"):
+        call_command("run_campaign", weekly.name, verbosity=0)
+    Message.objects.filter(campaign=later).update(claimed_at=timezone.now() - dt.timedelta(days=30))
+    call_command("run_campaign", weekly.name, "--now", verbosity=0)  # its latest scheduled run, now
+    assert weekly.runs.count() == 1 and set(smtp.count_by_recipient().values()) == {2}
+    call_command("run_campaign", weekly.name, "--now", verbosity=0)  # that run is done: not again
+    assert weekly.runs.count() == 1 and set(smtp.count_by_recipient().values()) == {2}
+
+
 def test_two_beat_ticks_for_the_same_slot_plan_one_run(world, smtp):
     c = _recurring(world, "0 9 * * 1")  # the model's default schedule
     now = timezone.now()

@@ -1,8 +1,15 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
+from django.utils import timezone
 from tqdm import tqdm
 
-from campaigns.lifecycle import CampaignStateError, campaign_batches, campaign_finish_if_done, campaign_start
+from campaigns.lifecycle import (
+    CampaignStateError,
+    campaign_batches,
+    campaign_finish_if_done,
+    campaign_start,
+    recurring_run,
+)
 from campaigns.models import Campaign
 from campaigns.planning import campaign_preview
 from campaigns.sending import messages_send
@@ -16,6 +23,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="print audience, holdout, caps, sample offers"
         )
+        parser.add_argument(
+            "--now",
+            action="store_true",
+            help="a one-off scheduled for later: send it now (its send time becomes now); a recurring "
+            "campaign: plan and send its latest scheduled run now, if it has not run",
+        )
 
     def handle(self, *args, **opts):
         key = opts["campaign"]
@@ -25,16 +38,22 @@ class Command(BaseCommand):
             raise CommandError(f"no campaign named or numbered {key!r}")
         if opts["dry_run"]:
             return self.dry_run(campaign)
+        now = timezone.now()
+        later = campaign.kind == Campaign.Kind.ONE_OFF and campaign.send_at and campaign.send_at > now
+        if later and opts["now"] and campaign.status in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED):
+            Campaign.objects.filter(pk=campaign.pk).update(send_at=now)
+            campaign.send_at = now
         if campaign.status in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED):
             try:
-                campaign_start(campaign=campaign, enqueue=False)
+                if campaign.status == Campaign.Status.DRAFT or campaign.kind != Campaign.Kind.RECURRING:
+                    campaign_start(campaign=campaign, enqueue=False)  # a recurring one: its schedule
+                if campaign.kind == Campaign.Kind.RECURRING and opts["now"]:
+                    recurring_run(campaign=campaign, now=now)
             except CampaignStateError as exc:
                 raise CommandError(str(exc)) from None
         campaign.refresh_from_db()
         if campaign.status != Campaign.Status.SENDING:
-            raise CommandError(
-                f"campaign {campaign.name!r} is {campaign.get_status_display().lower()}; nothing to send"
-            )
+            raise CommandError(self._not_sending(campaign))
         batches = campaign_batches(campaign=campaign)
         totals: dict[str, int] = {}
         with tqdm(total=sum(map(len, batches)), unit="msg", disable=opts["verbosity"] == 0) as bar:
@@ -46,6 +65,20 @@ class Command(BaseCommand):
         by_status = dict(campaign.messages.values_list("status").annotate(n=Count("pk")).order_by())
         self.stdout.write(f"this run: {totals or 'nothing due'}")
         self.stdout.write(f"campaign messages by status: {by_status}")
+
+    @staticmethod
+    def _not_sending(campaign: Campaign) -> str:
+        if campaign.status == Campaign.Status.SCHEDULED and campaign.kind == Campaign.Kind.RECURRING:
+            return (
+                f"campaign {campaign.name!r} runs on its schedule ({campaign.schedule_cron!r}, "
+                f"{campaign.schedule_timezone}); --now runs its latest scheduled run now"
+            )
+        if campaign.status == Campaign.Status.SCHEDULED and campaign.send_at:
+            return (
+                f"campaign {campaign.name!r} is scheduled for "
+                f"{timezone.localtime(campaign.send_at):%Y-%m-%d %H:%M %Z}; --now sends it now"
+            )
+        return f"campaign {campaign.name!r} is {campaign.get_status_display().lower()}; nothing to send"
 
     def dry_run(self, campaign: Campaign) -> None:
         preview = campaign_preview(campaign=campaign)
