@@ -103,7 +103,8 @@ def _bounded_range(*args):
     return items
 
 
-def _money(value, currency: str = "") -> str:
+def money(value, currency: str = "") -> str:
+    """A price as the emails show it (the money filter; the offer pages use it too): "€35.00"."""
     return _money_of(str(value), currency)
 
 
@@ -124,7 +125,7 @@ def _make_env(autoescape: bool) -> ImmutableSandboxedEnvironment:
         undefined=StrictUndefined, autoescape=autoescape, trim_blocks=True, lstrip_blocks=True
     )
     env.globals["range"] = _bounded_range
-    env.filters["money"] = _money
+    env.filters["money"] = money
     env.filters["center"] = _bounded_center
     return env
 

@@ -264,16 +264,16 @@ def test_a_render_that_outgrows_memory_fails_alone_and_the_cap_is_lifted_after_i
 def test_money_shows_the_same_text_from_its_cache():
     from decimal import Decimal
 
-    from campaigns.rendering import _money
+    from campaigns.rendering import money
 
     for _ in range(2):  # the second time from the cache
-        assert _money(Decimal("29"), "GBP") == "£29.00"
-        assert _money(-0.0, "EUR") == "€-0.00"
-        assert _money(0.0, "EUR") == "€0.00"
-        assert _money(1234.5, "SEK") == "1,234.50 SEK"
-        assert _money("n/a", "GBP") == "n/a"
-        assert _money(True, "") == "True"
-        assert _money(1, "") == "1.00"
+        assert money(Decimal("29"), "GBP") == "£29.00"
+        assert money(-0.0, "EUR") == "€-0.00"
+        assert money(0.0, "EUR") == "€0.00"
+        assert money(1234.5, "SEK") == "1,234.50 SEK"
+        assert money("n/a", "GBP") == "n/a"
+        assert money(True, "") == "True"
+        assert money(1, "") == "1.00"
 
 
 @pytest.mark.django_db

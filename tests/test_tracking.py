@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from campaigns.models import Campaign, EmailTemplate, Event, Message, Offer, TrackedLink
+from campaigns.rendering import money
 from campaigns.sending import with_utm
 from campaigns.tokens import purpose_token
 from campaigns.tracking import PIXEL
@@ -47,6 +48,7 @@ def sent_message(*, email="ann@example.com", sent_ago=dt.timedelta(hours=2), sta
             defaults={
                 "name": f"Product {rank}",
                 "price": Decimal("9.50"),
+                "currency": "EUR",
                 "product_url": f"https://shop.example/p/{rank}?ref=mail",
             },
         )
@@ -281,6 +283,8 @@ def test_offer_page_shows_offers_and_records_nothing(client, message):
     assert response.status_code == 200
     body = response.content.decode()
     assert "Product 1" in body and "Product 2" in body and "Goes well" in body
+    assert money(offers[0].product.price, offers[0].product.currency) == "€9.50"
+    assert "€9.50" in body  # as the email shows it, not "9.50 EUR"
     assert url("accept", offers[0].token) in body and 'method="post"' in body
     assert "ann@example.com" not in body
     # No Referer to other sites; our own form POSTs keep their Origin (CSRF).

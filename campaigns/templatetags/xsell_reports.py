@@ -1,7 +1,8 @@
-"""Report formatting filters and the 90-day overview shown on the admin index."""
+"""Formatting filters (reports, and prices on the recipients' pages) and the admin index's overview."""
 
 from django import template
 
+from ..rendering import money as money_format
 from ..reports import overview_report
 
 register = template.Library()
@@ -30,6 +31,12 @@ def relative(value) -> str:
     if not isinstance(value, int | float):
         return ""
     return f"({value * 100:+.0f}% relative)"
+
+
+@register.filter
+def money(value, currency: str = "") -> str:
+    """A price as the emails show it: the offer pages must not say "35.00 EUR" for the email's "€35.00"."""
+    return money_format(value, currency)
 
 
 @register.filter
