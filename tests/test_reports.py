@@ -346,6 +346,9 @@ def test_customer_story(shop):
     times = [item["at"] for item in story]
     assert times == sorted(times, reverse=True)
     assert len(customer_story(customer=shop["customers"][2], limit=3)) == 3
+    events = [item for item in story if item["kind"] == "event"]
+    name = shop["campaign"].name
+    assert events and all(f"· {name}" in e["detail"] and "/campaigns/message/" in e["url"] for e in events)
 
 
 def test_customer_page_shows_story(shop, admin_client):

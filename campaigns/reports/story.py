@@ -49,17 +49,22 @@ def customer_story(*, customer: Customer, limit: int = 100) -> list[dict]:
                 "url": "",
             }
         )
-    for event in customer.events.select_related("offer__product").order_by("-occurred_at")[:limit]:
+    events = customer.events.select_related("offer__product", "campaign")
+    for event in events.order_by("-occurred_at")[:limit]:
         detail = f"offer {event.offer.product.sku}" if event.offer_id else ""
         if event.is_machine:
             detail = f"{detail} machine ({event.machine_reason or 'bot/proxy'})".strip()
+        # Which email it answered: an unsubscribe or an acceptance says little without it.
+        where = f" · {event.campaign.name}" if event.campaign_id else ""
         items.append(
             {
                 "at": event.occurred_at,
                 "kind": "event",
                 "title": event.get_kind_display(),
-                "detail": detail + (" · simulated" if event.is_simulated else ""),
-                "url": "",
+                "detail": detail + where + (" · simulated" if event.is_simulated else ""),
+                "url": reverse("admin:campaigns_message_change", args=[event.message_id])
+                if event.message_id
+                else "",
             }
         )
     conversions = Conversion.objects.filter(message__customer=customer).select_related(
