@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, F
-from django.test import override_settings
+from django.db.models import Count
 from django.utils.timezone import now as timezone_now
 
 from campaigns.lifecycle import campaign_start
@@ -159,15 +158,9 @@ def test_worker_killed_mid_campaign_then_restarted_sends_nobody_twice_and_loses_
         killed_at = len(smtp.recorder.messages)
         assert killed_at < 5000, "the campaign finished before the kill; nothing was tested"
         app.control.purge()  # what the dead worker had prefetched or left unacknowledged
-        # The next beat tick, once the dead worker's claims are SEND_STUCK_MINUTES old: the sweep plans
-        # again what it never handed to the mail server (due at once here), then the campaign goes on.
-        claims = Message.objects.filter(campaign=c, status="sending")
-        claims.update(claimed_at=F("claimed_at") - dt.timedelta(minutes=settings.SEND_STUCK_MINUTES + 1))
-        with override_settings(SEND_RETRY_BASE_SECONDS=0):
-            messages_sweep_stuck()
         worker = _worker(smtp.port)
         try:
-            dispatch.delay(campaign_id=c.pk)
+            dispatch.delay(campaign_id=c.pk)  # the next beat tick
             _wait_until_settled([c.pk], timeout=300, allow_sending=True)
         finally:
             worker.terminate()
@@ -175,19 +168,17 @@ def test_worker_killed_mid_campaign_then_restarted_sends_nobody_twice_and_loses_
         counts = smtp.recorder.count_by_recipient()
     messages_sweep_stuck(now=timezone_now() + dt.timedelta(hours=1))
     assert max(counts.values()) == 1  # nobody got two emails
-    mine = Message.objects.filter(campaign=c, customer__email__in=emails)
-    statuses = dict(mine.values_list("status").annotate(n=Count("pk")).order_by())
+    statuses = dict(
+        Message.objects.filter(campaign=c, customer__email__in=emails)
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
     assert set(statuses) <= {"sent", "uncertain"}, statuses  # none lost, none left planned or sending
     assert sum(statuses.values()) == 5000
     sent = set(Message.objects.filter(campaign=c, status="sent").values_list("customer__email", flat=True))
     assert sent <= set(counts)  # every message recorded sent was received
     assert len(counts) >= statuses.get("sent", 0)
-    # Uncertain only where the email may have gone out (its offers stored): a killed worker's claimed
-    # batches were 4 × 1,000 messages, most of them never handed to the server, all left uncertain.
-    uncertain = mine.filter(status="uncertain")
-    assert not uncertain.filter(offers__isnull=True).exists()
-    assert uncertain.count() < 4 * 1000, statuses
-    assert mine.filter(status="sent", deferrals__gt=0).exists()  # planned again by the sweep, then sent
 
 
 def _process_tree(pid: int) -> list[int]:

@@ -23,7 +23,7 @@ from ..models import Message
 from ..recommender.stored import ProductRows
 from .claim import messages_claim, messages_due, messages_sweep_stuck
 from .compose import OfferDraft, messages_build, offers_pick, product_url, with_utm
-from .deliver import Courier, messages_defer, out_of_time_error, retry_fields, send_deadline
+from .deliver import Courier, deferral_fields, out_of_time_error, retry_fields, send_deadline
 from .store import Store
 
 __all__ = [
@@ -76,9 +76,21 @@ def messages_send(*, message_ids: list[int], now: dt.datetime | None = None) -> 
         _release([m for m in claimed if m.pk not in courier.handed], exc)
         raise
     late = [m for m in claimed if m.pk not in courier.handed]  # composing stopped at the deadline
-    # Those skipped meanwhile (no offer, a render error) are not "sending" any more and stay as they are.
-    counts["retry"] += messages_defer(late, out_of_time_error())
+    counts["retry"] += _defer(late, out_of_time_error())
     return counts
+
+
+def _defer(messages: list[Message], error: str) -> int:
+    """Claimed messages the courier never got because the batch ran out of time: deferred (not an
+    attempt), as the courier defers those it gets after the deadline. Those skipped meanwhile (no offer,
+    a render error) are not "sending" any more and stay as they are."""
+    now, deferred = timezone.now(), 0
+    for since in {m.deferred_since for m in messages}:  # the wait depends on when a run of deferrals began
+        group = [m for m in messages if m.deferred_since == since]
+        deferred += Message.objects.filter(
+            pk__any=[m.pk for m in group], status=Message.Status.SENDING
+        ).update(**deferral_fields(group[0], now, error))
+    return deferred
 
 
 def _release(messages: list[Message], exc: BaseException) -> None:

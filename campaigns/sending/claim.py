@@ -4,22 +4,18 @@ lock on each customer's row, in one transaction."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Iterable
 
 from django.conf import settings
 from django.db import connection as db_connection
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from customers.models import Customer
 
 from ..caps import CapLedger, policy_default
-from ..models import Campaign, Message, Offer
-from .deliver import messages_defer
-
-log = logging.getLogger(__name__)
+from ..models import Campaign, Message
 
 # What claiming and composing read of a customer (is_mailable, the time zone, the template's fields):
 # the other columns, five timestamps among them, cost more to load than the claim's checks.
@@ -139,29 +135,9 @@ def _quiet_deadline(message: Message, ledger: CapLedger) -> dt.datetime:
 
 
 def messages_sweep_stuck(*, now: dt.datetime | None = None) -> int:
-    """Messages left in "sending" by a worker that stopped (killed, or past its task's hard time limit).
-
-    An email goes out only after its offers are stored (campaigns.sending.store), so a message with no
-    offer stored was never handed to the mail server: it is planned again, as a deferral (not an
-    attempt), or skipped if its campaign was cancelled meanwhile. A worker killed mid-batch used to leave
-    its whole claimed batch (1,000 messages) uncertain, most of them never sent. The others become
-    "uncertain": they may have gone out, and are never resent. Returns how many became uncertain."""
+    """Messages left in "sending" (a killed worker) become "uncertain": they may have gone out."""
     now = now or timezone.now()
     cutoff = now - dt.timedelta(minutes=settings.SEND_STUCK_MINUTES)
-    stuck = Message.objects.filter(status=Message.Status.SENDING, claimed_at__lt=cutoff)
-    unsent = stuck.exclude(Exists(Offer.objects.filter(message=OuterRef("pk"))))
-    unsent.filter(campaign__status=Campaign.Status.CANCELLED).update(
-        status=Message.Status.SKIPPED, skip_reason=Message.SkipReason.CANCELLED
-    )
-    replanned = messages_defer(
-        list(unsent.only("pk", "deferred_since")),
-        "not sent: the worker stopped before handing it to the mail server; planned again",
-        now=now,
-    )
-    if replanned:
-        log.warning(
-            "%d messages left in sending were never handed to the mail server: planned again", replanned
-        )
-    return stuck.update(
+    return Message.objects.filter(status=Message.Status.SENDING, claimed_at__lt=cutoff).update(
         status=Message.Status.UNCERTAIN, error="left in sending (worker stopped?); not resent"
     )

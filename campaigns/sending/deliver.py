@@ -125,19 +125,6 @@ def deferral_fields(message: Message, now: dt.datetime, error: str) -> dict:
     }
 
 
-def messages_defer(messages: list[Message], error: str, now: dt.datetime | None = None) -> int:
-    """Claimed messages whose emails never reached the courier (the batch ran out of time, or its worker
-    stopped): deferred (not an attempt), as the courier defers those it gets after the deadline. Only
-    those still "sending"; returns how many."""
-    now, deferred = now or timezone.now(), 0
-    for since in {m.deferred_since for m in messages}:  # the wait depends on when a run of deferrals began
-        group = [m for m in messages if m.deferred_since == since]
-        deferred += Message.objects.filter(
-            pk__any=[m.pk for m in group], status=Message.Status.SENDING
-        ).update(**deferral_fields(group[0], now, error))
-    return deferred
-
-
 def _record_sent(sent: list[tuple[int, dt.datetime]]) -> None:
     """Mark a run of accepted messages (id, when the server accepted it) sent, in one statement; their
     Message-ID derives from the token. Each keeps its own time: a slow server or ESP can take minutes
