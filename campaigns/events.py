@@ -34,7 +34,9 @@ _APPLE_FIRST_BYTE = 17  # Apple's 17.0.0.0/8
 
 # Security gateways and crawlers that follow every link of a message before its reader sees it.
 _SCANNER_AGENTS = re.compile(
-    r"bot\b|bot/|spider|crawl|scan|preview|python-requests|python-urllib|aiohttp|httpx|curl/|wget/|"
+    # "bot" as a word or a crawler's name ("Googlebot/2.1", "AdsBot-Google"), not inside a phone's model
+    # name ("CUBOT X19" in an Android browser's agent).
+    r"(?<![a-z])bot\b|bot/|bot-|spider|crawl|scan|preview|python-requests|python-urllib|aiohttp|httpx|curl/|wget/|"
     r"go-http-client|java/|okhttp|libwww|headlesschrome|phantomjs|barracuda|proofpoint|mimecast|"
     r"safelinks|symantec|forcepoint|trendmicro|sophos|fortiguard|cisco|ironport|messagelabs|"
     r"microsoft office|ms-office|facebookexternalhit|slackbot|whatsapp|skypeuripreview",

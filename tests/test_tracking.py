@@ -336,6 +336,29 @@ def test_accept_with_wrong_purpose_is_404(client, message):
     assert not Event.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "agent, machine",
+    [
+        ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", True),
+        ("AdsBot-Google (+http://www.google.com/adsbot.html)", True),
+        ("DuckDuckBot-Https/1.1; (+https://duckduckgo.com/duckduckbot)", True),
+        ("Mozilla/5.0 (compatible; link checker bot 1.0)", True),
+        ("Mozilla/5.0 (compatible; Barracuda Sentinel (EE))", True),
+        (HUMAN_UA, False),
+        # A phone whose model name ends in "bot", in an Android app's browser: a person.
+        (
+            "Mozilla/5.0 (Linux; Android 9; CUBOT X19 Build/PPR1.180610.011; wv) AppleWebKit/537.36 "
+            "(KHTML, like Gecko) Version/4.0 Chrome/126.0.6478.71 Mobile Safari/537.36",
+            False,
+        ),
+    ],
+)
+def test_scanner_agents_are_told_from_peoples_browsers(agent, machine):
+    from campaigns.events import click_request_reason
+
+    assert (click_request_reason(method="GET", user_agent=agent) == "scanner agent") is machine
+
+
 @pytest.mark.django_db
 def test_a_machine_submitting_the_accept_form_accepts_nothing_and_leaves_it_to_the_person(client):
     msg, offers = sent_message()
