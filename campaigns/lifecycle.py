@@ -13,6 +13,7 @@ import zoneinfo
 from celery.schedules import ParseException, crontab
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
@@ -229,10 +230,11 @@ def campaign_finish_if_done(*, campaign: Campaign) -> bool:
 
 
 def campaigns_due(*, now: dt.datetime | None = None) -> list[int]:
-    """Scheduled one-offs whose time has come."""
+    """Scheduled one-offs whose time has come; one whose send time was cleared meanwhile (the form allows
+    it: "send when started") is due at once, or it would stay scheduled for ever."""
     now = now or timezone.now()
     return list(
-        Campaign.objects.filter(
-            kind=Campaign.Kind.ONE_OFF, status=Campaign.Status.SCHEDULED, send_at__lte=now
-        ).values_list("pk", flat=True)
+        Campaign.objects.filter(kind=Campaign.Kind.ONE_OFF, status=Campaign.Status.SCHEDULED)
+        .filter(Q(send_at__lte=now) | Q(send_at__isnull=True))
+        .values_list("pk", flat=True)
     )

@@ -216,7 +216,9 @@ def test_a_campaign_paused_while_it_waits_for_its_time_is_scheduled_again_when_r
         c.refresh_from_db()
         assert (c.status, c.finished_at, c.messages.count()) == ("scheduled", None, 0), c.name
     assert weekly.periodic_task.enabled
-    assert campaigns_due(now=later) == [one_off.pk]  # it starts at its time
+    assert campaigns_due() == [] and campaigns_due(now=later) == [one_off.pk]  # it starts at its time
+    Campaign.objects.filter(pk=one_off.pk).update(send_at=None)  # "send when started", edited meanwhile
+    assert campaigns_due() == [one_off.pk]
     campaign_start(campaign=one_off, now=later, enqueue=False)
     assert one_off.messages.filter(status="planned").count() == 2
 
