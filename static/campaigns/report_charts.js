@@ -43,7 +43,11 @@
         ]
       },
       options: {indexAxis: "y", responsive: true, maintainAspectRatio: false,
-                scales: {x: {position: "bottom"}, x2: {position: "top", grid: {drawOnChartArea: false}}}}
+                scales: {
+                  // Two measures on two axes: each says which it is, or 0–3 and 0–140 read as one scale.
+                  x: {position: "bottom", beginAtZero: true, title: {display: true, text: "Acceptances"}},
+                  x2: {position: "top", beginAtZero: true, grid: {drawOnChartArea: false},
+                       title: {display: true, text: "Revenue"}}}}
     });
   }
 })();
