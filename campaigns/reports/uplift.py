@@ -16,15 +16,7 @@ def uplift_proportion(*, x1: int, n1: int, x2: int, n2: int) -> dict:
     the difference relative to the holdout's rate (None when it is 0)."""
     result = {"method": "difference of proportions, 95% Wald (normal approximation) interval"}
     if not n1 or not n2:
-        return {
-            **result,
-            "diff": None,
-            "relative": None,
-            "low": None,
-            "high": None,
-            "significant": False,
-            "verdict": NOT_SIGNIFICANT,
-        }
+        return _undecided(result)
     p1, p2 = x1 / n1, x2 / n2
     se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
     diff = p1 - p2
@@ -37,15 +29,7 @@ def uplift_mean(*, s1: float, ss1: float, n1: int, s2: float, ss2: float, n2: in
     holdout's mean (None when it is 0)."""
     result = {"method": "difference of means, Welch 95% interval (t, Welch–Satterthwaite df)"}
     if n1 < 2 or n2 < 2:
-        return {
-            **result,
-            "diff": None,
-            "relative": None,
-            "low": None,
-            "high": None,
-            "significant": False,
-            "verdict": NOT_SIGNIFICANT,
-        }
+        return _undecided(result)
     m1, m2 = s1 / n1, s2 / n2
     result["relative"] = (m1 - m2) / m2 if m2 else None
     v1 = max(ss1 - n1 * m1 * m1, 0.0) / (n1 - 1)
@@ -57,6 +41,19 @@ def uplift_mean(*, s1: float, ss1: float, n1: int, s2: float, ss2: float, n2: in
     df = (a + b) ** 2 / (a * a / (n1 - 1) + b * b / (n2 - 1))
     half = float(stats.t.ppf(0.975, df)) * math.sqrt(a + b)
     return {**_verdict(result, diff, diff - half, diff + half, min(n1, n2)), "df": df}
+
+
+def _undecided(result: dict) -> dict:
+    """A group too small to compare (empty, or one member for a variance): no figures, no verdict."""
+    return {
+        **result,
+        "diff": None,
+        "relative": None,
+        "low": None,
+        "high": None,
+        "significant": False,
+        "verdict": NOT_SIGNIFICANT,
+    }
 
 
 def _verdict(result: dict, diff: float, low: float, high: float, smallest: int) -> dict:
